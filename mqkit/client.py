@@ -1,0 +1,315 @@
+"""The client: connect to a broker by URL, publish, subscribe, request, run.
+
+    async with mqkit.Client("kafka://127.0.0.1:9092") as client:
+        await client.publish("orders", Order(id="o-1"), key="o-1")
+
+        @client.subscribe("orders", group="billing")
+        async def bill(order: Order) -> None: ...
+
+        await client.run()          # until SIGINT/SIGTERM, then a graceful stop
+
+Every method may be called from many tasks. ``close`` is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from mqkit import headers as h
+from mqkit import registry
+from mqkit.codec import decode, encode
+from mqkit.consumer import Consumer, SubscriptionSpec
+from mqkit.errors import ConfigurationError, MessageTooLarge, MqkitError, RequestTimeout
+from mqkit.handlers import UserHandler, adapt
+from mqkit.message import Delivery, Message, dlq_topic, new_id
+from mqkit.middleware import DeadLetter, Logging, Retry, RetryPolicy
+from mqkit.middleware.base import Middleware, compose
+from mqkit.settings import Settings
+from mqkit.transport import RequestReply, Transport, TopicSpec
+from mqkit.url import BrokerURL, redact_text
+
+log = logging.getLogger("mqkit.client")
+
+F = TypeVar("F", bound=UserHandler)
+DLQ_GROUP = "mqkit.dlq"
+"""The group created on every dead-letter topic so dead letters wait for inspection."""
+
+
+def default_middleware(retry: RetryPolicy | None = None) -> list[Middleware]:
+    """The stack a subscription gets unless told otherwise: log, dead-letter, retry."""
+    return [Logging(), DeadLetter(), Retry(retry)]
+
+
+class Client:
+    """A connection to one broker. See the module docstring."""
+
+    def __init__(
+        self,
+        url: str | Settings | None = None,
+        *,
+        transport: Transport | None = None,
+        middleware: Sequence[Middleware] | None = None,
+        **options: Any,
+    ) -> None:
+        settings = url if isinstance(url, Settings) else Settings(**({"url": url} if url else {}))
+        self.settings = settings
+        raw = settings.url.get_secret_value()
+        self.url = BrokerURL.parse(raw)
+        self._secrets = [self.url.password] if self.url.password else []
+        self._middleware = list(middleware) if middleware is not None else None
+        self.transport: Transport = transport or registry.create(
+            self.url, **{**settings.options, **options}
+        )
+        self._subscriptions: list[tuple[SubscriptionSpec, UserHandler, list[Middleware]]] = []
+        self._consumers: list[Consumer] = []
+        self._ensured: set[str] = set()
+        self._connected = False
+        self._stop = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<mqkit.Client {self.url.safe()}>"
+
+    @property
+    def capabilities(self) -> Any:
+        return self.transport.capabilities
+
+    # --- lifecycle --------------------------------------------------------------------
+    async def connect(self) -> Client:
+        if not self._connected:
+            try:
+                await self.transport.connect()
+            except MqkitError as exc:
+                # Driver messages sometimes echo the URL: make sure no secret leaks.
+                exc.args = tuple(
+                    redact_text(str(a), self._secrets) if isinstance(a, str) else a
+                    for a in exc.args
+                )
+                raise
+            self._connected = True
+        return self
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._connected:
+            self._connected = False
+            await self.transport.close()
+
+    async def __aenter__(self) -> Client:
+        return await self.connect()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- publishing -------------------------------------------------------------------
+    def message(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        message_id: str | None = None,
+    ) -> Message:
+        """Build (without sending) the message ``publish`` would send."""
+        body, content_type = encode(payload)
+        merged: dict[str, str] = {h.CONTENT_TYPE: content_type}
+        if headers:
+            for name, value in headers.items():
+                if not isinstance(name, str) or not isinstance(value, str):
+                    raise ConfigurationError(
+                        f"header {name!r} must map str to str, got {type(value).__name__}"
+                    )
+                merged[name] = value
+        if idempotency_key is not None:
+            merged[h.IDEMPOTENCY_KEY] = idempotency_key
+        if correlation_id is not None:
+            merged[h.CORRELATION_ID] = correlation_id
+        if causation_id is not None:
+            merged[h.CAUSATION_ID] = causation_id
+        return Message(
+            topic=topic, body=body, key=key, headers=merged, id=message_id or new_id()
+        )
+
+    async def publish(self, topic: str, payload: Any, **fields: Any) -> Message:
+        """Send one message; returns it once the broker confirmed it."""
+        message = self.message(topic, payload, **fields)
+        await self.publish_messages((message,))
+        return message
+
+    async def publish_batch(
+        self,
+        topic: str,
+        payloads: Iterable[Any],
+        *,
+        key: Callable[[Any], str | None] | None = None,
+        idempotency_key: Callable[[Any], str | None] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[Message]:
+        """Send many messages in one go; returns when the broker confirmed all of them."""
+        messages = [
+            self.message(
+                topic,
+                p,
+                key=key(p) if key else None,
+                idempotency_key=idempotency_key(p) if idempotency_key else None,
+                headers=headers,
+            )
+            for p in payloads
+        ]
+        await self.publish_messages(messages)
+        return messages
+
+    async def publish_messages(self, messages: Sequence[Message]) -> None:
+        """Send ready-made messages (all checked for size before any is sent)."""
+        await self.connect()
+        limit = self.transport.capabilities.max_message_bytes
+        for m in messages:
+            if m.size > limit:
+                raise MessageTooLarge(
+                    f"message {m.id} to {m.topic!r} is {m.size} bytes; "
+                    f"{self.url.scheme}:// accepts at most {limit}"
+                )
+        await self.transport.publish(messages)
+
+    # --- consuming --------------------------------------------------------------------
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        group: str = "default",
+        concurrency: int = 8,
+        prefetch: int | None = None,
+        middleware: Sequence[Middleware] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator: run the async function for each message of ``topic`` in ``group``.
+
+        ``middleware`` replaces the client's stack for this subscription; ``retry`` tunes
+        the default stack's retry policy. Handlers start with ``run()`` or ``start()``.
+        """
+        spec = SubscriptionSpec(topic, group, concurrency, prefetch)
+        if middleware is not None:
+            stack = list(middleware)
+        elif self._middleware is not None:
+            stack = list(self._middleware)
+        else:
+            stack = default_middleware(retry)
+
+        def register(func: F) -> F:
+            adapt(func)  # fail at decoration time on a bad signature
+            self._subscriptions.append((spec, func, stack))
+            return func
+
+        return register
+
+    async def consume(
+        self, topic: str, *, group: str = "default", prefetch: int = 10
+    ) -> AsyncIterator[Delivery]:
+        """Iterate over deliveries yourself; you ack, nack or dead-letter each one."""
+        await self.connect()
+        await self._ensure_dead_letter_topic(topic)
+        source = self.transport.subscribe(topic, group, prefetch=prefetch)
+        try:
+            async for delivery in source:
+                delivery.state["group"] = group
+                yield delivery
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def start(self) -> None:
+        """Start every registered subscription in the background."""
+        await self.connect()
+        self._stop.clear()
+        for spec, func, stack in self._subscriptions[len(self._consumers) :]:
+            await self._ensure_dead_letter_topic(spec.topic)
+            await self.transport.ensure_topic(TopicSpec(spec.topic, groups=(spec.group,)))
+            consumer = Consumer(
+                spec,
+                self.transport.subscribe(spec.topic, spec.group, prefetch=spec.effective_prefetch),
+                compose(adapt(func), stack),
+                reply=self._reply,
+                shutdown_timeout=self.settings.shutdown_timeout,
+            )
+            consumer.start()
+            self._consumers.append(consumer)
+
+    async def stop(self) -> None:
+        """Graceful stop: stop fetching, finish and settle what is in flight."""
+        self._stop.set()
+        consumers, self._consumers = self._consumers, []
+        await asyncio.gather(*(c.stop() for c in consumers))
+
+    async def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Run every subscription until ``stop()``, SIGINT or SIGTERM; then stop gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, self._stop.set)
+                    installed.append(sig)
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    async def _ensure_dead_letter_topic(self, topic: str) -> None:
+        dlq = dlq_topic(topic)
+        if dlq not in self._ensured and not topic.endswith(".dlq"):
+            if "*" in topic or "#" in topic:
+                return  # a pattern's dead letters go to each concrete topic's .dlq
+            await self.transport.ensure_topic(TopicSpec(dlq, groups=(DLQ_GROUP,)))
+            self._ensured.add(dlq)
+
+    # --- request/reply ----------------------------------------------------------------
+    async def request(
+        self, topic: str, payload: Any, *, timeout: float = 5.0, response_type: Any = Any,
+        **fields: Any,
+    ) -> Any:
+        """Send a request and wait for its reply (decoded to ``response_type``)."""
+        await self.connect()
+        if not isinstance(self.transport, RequestReply):
+            raise ConfigurationError(
+                f"{self.url.scheme}:// does not support request/reply"
+            )
+        fields.setdefault("correlation_id", new_id())
+        message = self.message(topic, payload, **fields)
+        try:
+            reply = await self.transport.request(message, timeout)
+        except TimeoutError as exc:
+            if isinstance(exc, RequestTimeout):
+                raise
+            raise RequestTimeout(f"no reply to {topic!r} within {timeout:g}s") from exc
+        return decode(reply.body, reply.content_type, response_type)
+
+    async def _reply(self, delivery: Delivery, result: Any) -> None:
+        reply_to = delivery.message.headers.get(h.REPLY_TO)
+        if reply_to is None:
+            return
+        body, content_type = encode(result)
+        headers = {h.CONTENT_TYPE: content_type}
+        if delivery.message.correlation_id:
+            headers[h.CORRELATION_ID] = delivery.message.correlation_id
+        headers[h.CAUSATION_ID] = delivery.message.id
+        await self.transport.publish((Message(topic=reply_to, body=body, headers=headers),))
+
+
+async def connect(url: str | Settings | None = None, **options: Any) -> Client:
+    """A connected client for ``url`` (default: ``$MQKIT_URL``, else ``memory://``)."""
+    return await Client(url, **options).connect()

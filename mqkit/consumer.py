@@ -1,0 +1,190 @@
+"""Run one subscription: fetch deliveries, run the middleware chain, settle, shut down cleanly.
+
+One fetch loop pulls from the transport (bounded by prefetch) and hands deliveries to
+``concurrency`` workers. Two messages with the same key never run at once: a delivery whose
+key is busy waits behind it and runs on the same worker afterwards, which keeps order per key
+on brokers that hand out several messages of a key before the first is acked (Kafka).
+
+Settlement: a chain that returns leaves the delivery acked (unless a middleware already
+settled it); a chain that raises leaves it nacked, so the broker redelivers it: nothing is
+acked that did not succeed or get dead-lettered.
+
+Shutdown (``stop``): stop fetching, let workers finish and settle what was fetched, then
+close the subscription. Past ``shutdown_timeout`` the remaining handlers are cancelled and
+their deliveries left unsettled, which every at-least-once broker redelivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mqkit.errors import ConfigurationError
+from mqkit.message import Delivery
+from mqkit.middleware.base import Handler
+
+log = logging.getLogger("mqkit.consumer")
+
+ReplyFn = Callable[[Delivery, Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class SubscriptionSpec:
+    topic: str
+    group: str
+    concurrency: int = 8
+    prefetch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+        if self.prefetch is not None and self.prefetch < 1:
+            raise ConfigurationError("prefetch must be >= 1")
+
+    @property
+    def effective_prefetch(self) -> int:
+        return self.prefetch or self.concurrency * 2
+
+
+class Consumer:
+    """Runs ``handler`` over one subscription until stopped. Not restartable."""
+
+    def __init__(
+        self,
+        spec: SubscriptionSpec,
+        source: AsyncIterator[Delivery],
+        handler: Handler,
+        reply: ReplyFn | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        self.spec = spec
+        self._source = source
+        self._handler = handler
+        self._reply = reply
+        self._shutdown_timeout = shutdown_timeout
+        self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=spec.concurrency)
+        self._busy_keys: dict[str, deque[Delivery]] = {}
+        self._fetcher: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._done = asyncio.Event()
+        self._stopping = False
+        self.handled = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        self._fetcher = asyncio.create_task(self._fetch(), name=f"mqkit-fetch-{self.spec.topic}")
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"mqkit-worker-{self.spec.topic}-{i}")
+            for i in range(self.spec.concurrency)
+        ]
+
+    async def wait(self) -> None:
+        """Until the consumer stopped (after ``stop``, or when its source ended or failed).
+
+        Re-raises the error that ended the source, if one did.
+        """
+        tasks = [t for t in (self._fetcher, *self._workers) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._done.wait() if self._stopping else None
+        fetcher = self._fetcher
+        if fetcher is not None and not fetcher.cancelled() and fetcher.exception() is not None:
+            raise fetcher.exception()  # type: ignore[misc]
+
+    async def stop(self) -> None:
+        """Stop fetching, finish in-flight work, close the source. Safe to call twice."""
+        self._stopping = True
+        if self._fetcher is not None and not self._fetcher.done():
+            self._fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fetcher
+        workers = [w for w in self._workers if not w.done()]
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=self._shutdown_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "%d handler(s) on %s did not finish within %.1fs; their messages will be "
+                    "redelivered",
+                    len(pending),
+                    self.spec.topic,
+                    self._shutdown_timeout,
+                )
+                await asyncio.gather(*pending, return_exceptions=True)
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        self._done.set()
+
+    async def _fetch(self) -> None:
+        try:
+            async for delivery in self._source:
+                delivery.state["group"] = self.spec.group
+                await self._queue.put(delivery)
+        finally:
+            # Tell each worker to finish once the queue is drained. Shielded: this also
+            # runs when the fetch task is cancelled by ``stop``.
+            await asyncio.shield(self._release_workers())
+
+    async def _release_workers(self) -> None:
+        for _ in self._workers:
+            await self._queue.put(None)
+
+    async def _work(self) -> None:
+        queue = self._queue
+        busy = self._busy_keys
+        while True:
+            delivery = await queue.get()
+            if delivery is None:
+                return
+            key = delivery.message.key
+            if key is None:
+                await self._run(delivery)
+                continue
+            waiting = busy.get(key)
+            if waiting is not None:
+                waiting.append(delivery)  # runs after the one in progress, on its worker
+                continue
+            busy[key] = waiting = deque()
+            try:
+                await self._run(delivery)
+                while waiting:
+                    await self._run(waiting.popleft())
+            finally:
+                del busy[key]
+
+    async def _run(self, delivery: Delivery) -> None:
+        try:
+            result = await self._handler(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failed += 1
+            if delivery.settled is None:
+                log.error(
+                    "handler for %s failed and no dead-letter middleware took it; "
+                    "nacking for redelivery: %s: %s",
+                    delivery.message.topic,
+                    type(exc).__name__,
+                    exc,
+                )
+                await _settle_safely(delivery.nack())
+            return
+        self.handled += 1
+        if delivery.settled is None:
+            if self._reply is not None and result is not None:
+                await self._reply(delivery, result)
+            await _settle_safely(delivery.ack())
+
+
+async def _settle_safely(settlement: Awaitable[None]) -> None:
+    # A failed ack means the broker will redeliver; the consumer must keep running.
+    try:
+        await settlement
+    except Exception as exc:
+        log.warning("could not settle a delivery (it will be redelivered): %s", exc)

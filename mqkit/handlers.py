@@ -1,0 +1,76 @@
+"""Turn a user's async function into a delivery handler, by its type annotations.
+
+``async def handle(order: Order, delivery: Delivery)``: the parameter annotated ``Delivery``
+gets the delivery, one annotated ``Message`` the raw message, and the one other parameter the
+payload decoded to its annotation (a pydantic model, ``dict``, ``bytes``, ``str``...;
+unannotated means "JSON or bytes by content type"). A body that does not decode or validate
+raises ``DecodeError``, which is permanent, so it is dead-lettered rather than retried.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, get_type_hints
+
+from mqkit.codec import decode
+from mqkit.errors import ConfigurationError
+from mqkit.message import Delivery, Message
+from mqkit.middleware.base import Handler
+
+UserHandler = Callable[..., Awaitable[Any]]
+
+
+def payload_type(func: UserHandler) -> Any:
+    """The annotation of ``func``'s payload parameter (``Any`` if none)."""
+    return _plan(func)[1]
+
+
+def _plan(func: UserHandler) -> tuple[list[str], Any]:
+    if not inspect.iscoroutinefunction(func) and not inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    ):
+        raise ConfigurationError(f"handler {func!r} must be an async function")
+    try:
+        hints = get_type_hints(func)
+    except Exception:  # unresolvable forward references: fall back to raw annotations
+        hints = {}
+    roles: list[str] = []
+    target: Any = Any
+    for name, param in inspect.signature(func).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        annotation = hints.get(name, param.annotation)
+        if annotation is Delivery or (isinstance(annotation, type) and issubclass(annotation, Delivery)):
+            roles.append("delivery")
+        elif annotation is Message:
+            roles.append("message")
+        elif "payload" in roles:
+            raise ConfigurationError(
+                f"handler {func.__qualname__} has two payload parameters; annotate extra "
+                "ones as Delivery or Message"
+            )
+        else:
+            roles.append("payload")
+            target = Any if annotation is inspect.Parameter.empty else annotation
+    return roles, target
+
+
+def adapt(func: UserHandler) -> Handler:
+    """A delivery handler calling ``func`` with the arguments its signature asks for."""
+    roles, target = _plan(func)
+
+    async def call(delivery: Delivery) -> Any:
+        message = delivery.message
+        args: list[Any] = []
+        for role in roles:
+            if role == "payload":
+                args.append(decode(message.body, message.content_type, target))
+            elif role == "delivery":
+                args.append(delivery)
+            else:
+                args.append(message)
+        return await func(*args)
+
+    call.__qualname__ = getattr(func, "__qualname__", "handler")
+    return call

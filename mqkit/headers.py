@@ -1,0 +1,32 @@
+"""Names of the conventional headers mqkit reads and writes on every broker.
+
+Header names are lower-case ASCII with dashes so that they survive brokers that fold case
+(HTTP-style SNS/SQS attributes) or restrict characters.
+"""
+
+IDEMPOTENCY_KEY = "idempotency-key"
+CORRELATION_ID = "correlation-id"
+CAUSATION_ID = "causation-id"
+CONTENT_TYPE = "content-type"
+ATTEMPT = "x-mqkit-attempt"
+REPLY_TO = "reply-to"
+PAYLOAD_TYPE = "x-mqkit-type"
+
+DLQ_REASON = "x-dlq-reason"
+DLQ_ERROR_TYPE = "x-dlq-error-type"
+DLQ_ERROR_MESSAGE = "x-dlq-error-message"
+DLQ_TRACEBACK = "x-dlq-traceback"
+DLQ_ATTEMPTS = "x-dlq-attempts"
+DLQ_ORIGINAL_TOPIC = "x-dlq-original-topic"
+DLQ_FAILED_AT = "x-dlq-failed-at"
+DLQ_REPLAYED_AT = "x-dlq-replayed-at"
+
+DLQ_HEADERS = (
+    DLQ_REASON,
+    DLQ_ERROR_TYPE,
+    DLQ_ERROR_MESSAGE,
+    DLQ_TRACEBACK,
+    DLQ_ATTEMPTS,
+    DLQ_ORIGINAL_TOPIC,
+    DLQ_FAILED_AT,
+)

@@ -1,0 +1,198 @@
+"""Message (what is sent) and Delivery (what is received, with its settlement).
+
+A ``Message`` is immutable. Its conventional headers (idempotency key, correlation and
+causation ids, content type) live in ``headers`` under the names in ``mqkit.headers`` so that
+they cross every broker the same way; the properties below are read-only views of them.
+
+A ``Delivery`` wraps a received message with the broker's attempt count and exactly one
+settlement: ``ack()``, ``nack(delay)`` or ``dead_letter(reason)``. A second settlement raises
+``AlreadySettledError``. Adapters subclass ``Delivery`` and implement ``_ack`` and ``_nack``;
+dead-lettering defaults to "publish to ``<topic>.dlq`` through the transport, then ack", so a
+message is removed from its queue only once its dead-letter copy was confirmed.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mqkit import headers as h
+from mqkit.errors import AlreadySettledError
+
+DLQ_SUFFIX = ".dlq"
+
+
+def new_id() -> str:
+    """A fresh, unique message id (UUID4 hex)."""
+    return uuid.uuid4().hex
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic of ``topic``."""
+    return topic if topic.endswith(DLQ_SUFFIX) else topic + DLQ_SUFFIX
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message. ``body`` is bytes; codecs turn payloads into bodies and back."""
+
+    topic: str
+    body: bytes
+    key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    id: str = field(default_factory=new_id)
+    timestamp: float = field(default_factory=time.time)
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self.headers.get(h.IDEMPOTENCY_KEY)
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.headers.get(h.CORRELATION_ID)
+
+    @property
+    def causation_id(self) -> str | None:
+        return self.headers.get(h.CAUSATION_ID)
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get(h.CONTENT_TYPE)
+
+    @property
+    def size(self) -> int:
+        """Bytes on the wire, roughly: body plus header names and values."""
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers.items())
+
+    def with_headers(self, **extra: str) -> Message:
+        """A copy with ``extra`` headers merged in (underscores become dashes)."""
+        merged = dict(self.headers)
+        merged.update({k.replace("_", "-"): v for k, v in extra.items()})
+        return replace(self, headers=merged)
+
+    def evolve(self, **changes: Any) -> Message:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return replace(self, **changes)
+
+
+DeadLetterPublisher = Callable[[Message], Awaitable[None]]
+
+
+class Delivery:
+    """A received message plus its settlement. Not safe to settle from several tasks at once.
+
+    ``attempt`` is 1 on first delivery and comes from the broker's own count where it keeps
+    one. ``state`` is a free dict for middleware to pass facts to the handler.
+    """
+
+    __slots__ = ("_dead_letter_publisher", "attempt", "message", "settled", "state")
+
+    def __init__(
+        self,
+        message: Message,
+        attempt: int,
+        dead_letter_publisher: DeadLetterPublisher | None = None,
+    ) -> None:
+        self.message = message
+        self.attempt = attempt
+        self.settled: str | None = None
+        self.state: dict[str, Any] = {}
+        self._dead_letter_publisher = dead_letter_publisher
+
+    def __repr__(self) -> str:
+        m = self.message
+        return (
+            f"<{type(self).__name__} topic={m.topic!r} id={m.id!r} key={m.key!r} "
+            f"attempt={self.attempt} settled={self.settled}>"
+        )
+
+    def _claim(self, how: str) -> None:
+        if self.settled is not None:
+            raise AlreadySettledError(
+                f"delivery {self.message.id} already {self.settled}; cannot {how}"
+            )
+        self.settled = how
+
+    async def ack(self) -> None:
+        """The message was handled: remove it from its group's queue."""
+        self._claim("acked")
+        await self._ack()
+
+    async def nack(self, delay: float | None = None) -> None:
+        """Hand the message back for redelivery, not before ``delay`` seconds if given."""
+        if delay is not None and delay < 0:
+            raise ValueError("delay must be >= 0 seconds")
+        self._claim("nacked")
+        await self._nack(delay)
+
+    async def dead_letter(
+        self,
+        reason: str,
+        error: BaseException | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Move the message to ``<topic>.dlq`` with why it failed, then remove the original.
+
+        The original is acked only after the dead-letter copy was confirmed; if publishing
+        the copy fails the delivery is left unsettled (the broker will redeliver) and the
+        error propagates.
+        """
+        if self.settled is not None:
+            raise AlreadySettledError(f"delivery {self.message.id} already {self.settled}")
+        letter = dead_letter_message(self.message, self.attempt, reason, error, extra_headers)
+        await self._publish_dead_letter(letter)
+        self._claim("dead-lettered")
+        await self._ack()
+
+    async def _publish_dead_letter(self, letter: Message) -> None:
+        if self._dead_letter_publisher is None:
+            raise NotImplementedError(f"{type(self).__name__} cannot dead-letter")
+        await self._dead_letter_publisher(letter)
+
+    async def _ack(self) -> None:
+        raise NotImplementedError
+
+    async def _nack(self, delay: float | None) -> None:
+        raise NotImplementedError
+
+
+def dead_letter_message(
+    message: Message,
+    attempt: int,
+    reason: str,
+    error: BaseException | None = None,
+    extra_headers: Mapping[str, str] | None = None,
+) -> Message:
+    """The copy of ``message`` that goes to its dead-letter topic, with the error headers."""
+    extra: dict[str, str] = {
+        h.DLQ_REASON: reason,
+        h.DLQ_ORIGINAL_TOPIC: message.headers.get(h.DLQ_ORIGINAL_TOPIC, message.topic),
+        h.DLQ_ATTEMPTS: str(attempt),
+        h.DLQ_FAILED_AT: f"{time.time():.6f}",
+    }
+    if error is not None:
+        extra[h.DLQ_ERROR_TYPE] = type(error).__qualname__
+        extra[h.DLQ_ERROR_MESSAGE] = _one_line(str(error))[:1000]
+        tb = "".join(traceback.format_exception(error))
+        extra[h.DLQ_TRACEBACK] = tb[-4000:]
+    if extra_headers:
+        extra.update(extra_headers)
+    merged = dict(message.headers)
+    merged.update(extra)
+    # The dead letter keeps the original id so replay can name it as causation.
+    return Message(
+        topic=dlq_topic(message.topic),
+        body=message.body,
+        key=message.key,
+        headers=merged,
+        id=message.id,
+        timestamp=message.timestamp,
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,53 @@
+"""Dead-letter what cannot succeed: permanent errors and exhausted retries.
+
+The message goes to ``<topic>.dlq`` with headers naming the error type, message, traceback,
+attempts, original topic and failure time; the original is acked only after the broker
+confirmed the dead-letter copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mqkit.errors import Classifier, ErrorKind, default_classifier
+from mqkit.message import Delivery
+from mqkit.middleware.base import Handler
+from mqkit.middleware.retry import EXHAUSTED
+
+log = logging.getLogger("mqkit.deadletter")
+
+PERMANENT = "permanent-error"
+
+
+class DeadLetter:
+    """Middleware: move failed messages to the dead-letter topic instead of losing them."""
+
+    def __init__(self, classifier: Classifier = default_classifier) -> None:
+        self.classifier = classifier
+
+    def __call__(self, inner: Handler) -> Handler:
+        classify = self.classifier.classify
+
+        async def dead_letter(delivery: Delivery) -> Any:
+            try:
+                return await inner(delivery)
+            except Exception as exc:
+                if delivery.settled is not None:
+                    raise
+                if classify(exc) is ErrorKind.PERMANENT:
+                    reason = PERMANENT
+                else:
+                    reason = delivery.state.get("failure", EXHAUSTED)
+                await delivery.dead_letter(reason, error=exc)
+                log.warning(
+                    "dead-lettered %s from %s after %d attempt(s): %s: %s",
+                    delivery.message.id,
+                    delivery.message.topic,
+                    delivery.attempt,
+                    type(exc).__name__,
+                    exc,
+                )
+                return None
+
+        return dead_letter

@@ -1,0 +1,115 @@
+"""The adapter contract: what a broker adapter implements, and what it can promise.
+
+A transport is small on purpose (connect, close, publish, subscribe, ensure_topic and its
+capabilities); everything else (retries, dead-lettering, idempotency, codecs) lives in the
+core and works the same on every broker. Optional powers are separate protocols
+(``RequestReply``, ``Replayable``) that an adapter implements when its broker can.
+
+Portable semantics every transport keeps:
+- a **topic** is a named stream of messages; a **group** is a set of competing consumers
+  that together see each message of the topic; two groups each see every message;
+- ``publish`` returns only once the broker confirmed every message of the batch, or raises
+  (``PublishError``, ``MessageTooLarge``, ``ConnectionFailed``); a batch is not atomic
+  unless the capabilities say ``transactions``;
+- a delivery is redelivered until it is acked or dead-lettered (where ``at_least_once``);
+- ``nack(delay)`` redelivers no sooner than ``delay`` seconds (where ``native_delay``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Protocol, runtime_checkable
+
+from mqkit.message import Delivery, Message
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a transport can promise. The conformance suite skips by these flags."""
+
+    at_least_once: bool = True
+    """Unacked or nacked messages are redelivered (false for NATS core)."""
+    persistent: bool = False
+    """Messages survive a broker restart."""
+    retains_unconsumed: bool = True
+    """A message published while a group has no running consumer waits for it."""
+    ordered_by_key: bool = False
+    """Messages with the same key are delivered to a group in publish order."""
+    consumer_groups: bool = True
+    native_delay: bool = False
+    """``nack(delay)`` is honoured by the broker without blocking other messages."""
+    max_delay: float | None = None
+    """Longest ``nack`` delay in seconds the broker accepts (None: no limit)."""
+    native_dead_letter: bool = False
+    replay: bool = False
+    """A group can be rewound to an earlier position (offset, sequence or time)."""
+    transactions: bool = False
+    request_reply: bool = False
+    wildcards: bool = False
+    """Subscriptions accept ``*`` (one word) and ``#`` (zero or more words) patterns."""
+    max_message_bytes: int = 1024 * 1024
+
+    def missing(self, **required: bool) -> list[str]:
+        """Names of the flags in ``required`` that are asked for but not offered."""
+        known = {f.name for f in fields(self)}
+        unknown = set(required) - known
+        if unknown:
+            raise ValueError(f"unknown capability flags: {sorted(unknown)}")
+        return [name for name, wanted in required.items() if wanted and not getattr(self, name)]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """What a topic should look like. Adapters map what their broker supports.
+
+    ``groups`` are created up front so messages published before their consumers start are
+    kept for them (brokers that route at publish time, like RabbitMQ and SNS, need this).
+    """
+
+    name: str
+    partitions: int | None = None
+    retention_seconds: float | None = None
+    retention_messages: int | None = None
+    compacted: bool = False
+    groups: tuple[str, ...] = ()
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What every adapter implements.
+
+    ``connect`` and ``close`` are safe to call twice. ``publish`` and ``subscribe`` may be
+    used from many tasks at once. A subscription ends when its iterator is closed
+    (``aclose``) or the transport is closed; unsettled deliveries are then redelivered.
+    """
+
+    capabilities: Capabilities
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(self, messages: Sequence[Message]) -> None: ...
+
+    def subscribe(self, topic: str, group: str, *, prefetch: int = 10) -> AsyncIterator[Delivery]:
+        ...
+
+    async def ensure_topic(self, spec: TopicSpec) -> None: ...
+
+
+@runtime_checkable
+class RequestReply(Protocol):
+    """Request/reply native to the broker (RabbitMQ direct reply-to, NATS inboxes)."""
+
+    async def request(self, message: Message, timeout: float) -> Message: ...
+
+
+@runtime_checkable
+class Replayable(Protocol):
+    """A group can be moved to an earlier position in its topic."""
+
+    async def seek(
+        self, topic: str, group: str, *, offset: int | None = None, timestamp: float | None = None
+    ) -> None: ...
