@@ -219,6 +219,8 @@ class Client:
         """Iterate over deliveries yourself; you ack, nack or dead-letter each one."""
         await self.connect()
         await self._ensure_dead_letter_topic(topic)
+        if not _is_pattern(topic):
+            await self.transport.ensure_topic(TopicSpec(topic, groups=(group,)))
         source = self.transport.subscribe(topic, group, prefetch=prefetch)
         try:
             async for delivery in source:
@@ -235,7 +237,8 @@ class Client:
         self._stop.clear()
         for spec, func, stack in self._subscriptions[len(self._consumers) :]:
             await self._ensure_dead_letter_topic(spec.topic)
-            await self.transport.ensure_topic(TopicSpec(spec.topic, groups=(spec.group,)))
+            if not _is_pattern(spec.topic):
+                await self.transport.ensure_topic(TopicSpec(spec.topic, groups=(spec.group,)))
             consumer = Consumer(
                 spec,
                 self.transport.subscribe(spec.topic, spec.group, prefetch=spec.effective_prefetch),
@@ -269,10 +272,15 @@ class Client:
                 loop.remove_signal_handler(sig)
             await self.stop()
 
+    async def ensure_topic(self, name: str, *, groups: Iterable[str] = (), **spec: Any) -> None:
+        """Create ``name`` (and its groups) if missing; see ``TopicSpec`` for ``spec``."""
+        await self.connect()
+        await self.transport.ensure_topic(TopicSpec(name, groups=tuple(groups), **spec))
+
     async def _ensure_dead_letter_topic(self, topic: str) -> None:
         dlq = dlq_topic(topic)
         if dlq not in self._ensured and not topic.endswith(".dlq"):
-            if "*" in topic or "#" in topic:
+            if _is_pattern(topic):
                 return  # a pattern's dead letters go to each concrete topic's .dlq
             await self.transport.ensure_topic(TopicSpec(dlq, groups=(DLQ_GROUP,)))
             self._ensured.add(dlq)
@@ -308,6 +316,10 @@ class Client:
             headers[h.CORRELATION_ID] = delivery.message.correlation_id
         headers[h.CAUSATION_ID] = delivery.message.id
         await self.transport.publish((Message(topic=reply_to, body=body, headers=headers),))
+
+
+def _is_pattern(topic: str) -> bool:
+    return any(word in ("*", "#") for word in topic.split("."))
 
 
 async def connect(url: str | Settings | None = None, **options: Any) -> Client:

@@ -41,16 +41,23 @@ def _plan(func: UserHandler) -> tuple[list[str], Any]:
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         annotation = hints.get(name, param.annotation)
-        if annotation is Delivery or (isinstance(annotation, type) and issubclass(annotation, Delivery)):
+        if isinstance(annotation, type) and issubclass(annotation, Delivery):
             roles.append("delivery")
         elif annotation is Message:
             roles.append("message")
+        elif param.default is not param.empty or param.kind is param.KEYWORD_ONLY:
+            break  # parameters with defaults are the function's own (closures, options)
         elif "payload" in roles:
             raise ConfigurationError(
                 f"handler {func.__qualname__} has two payload parameters; annotate extra "
                 "ones as Delivery or Message"
             )
         else:
+            if isinstance(annotation, str):
+                raise ConfigurationError(
+                    f"handler {func.__qualname__}: cannot resolve the annotation "
+                    f"{annotation!r} of {name!r}; define the type at module level"
+                )
             roles.append("payload")
             target = Any if annotation is inspect.Parameter.empty else annotation
     return roles, target
