@@ -182,7 +182,7 @@ def targets(rows: Sequence[Row]) -> list[Target]:
         found.append(Target("bare ≥ 15% of asyncio.Queue", bare.vs_queue or 0.0, 0.15))
     if "kombu" in by and by["kombu"].consume_rate > 0:
         found.append(
-            Target("bare ≥ 3× kombu memory://", bare.consume_rate / by["kombu"].consume_rate, 3.0)
+            Target("bare ≥ 3x kombu memory://", bare.consume_rate / by["kombu"].consume_rate, 3.0)
         )
     if "client" in by:
         found.append(Target("full stack ≥ 50% of bare", by["client"].vs_bare or 0.0, 0.5))
@@ -208,7 +208,7 @@ def render(rows: Sequence[Row], url: str, console: Console) -> None:
         mqkit_version = "unknown"
     table = Table(
         title=(
-            f"mqkit bench {_safe_url(url)}: {first.count:,} msgs × {first.size} B, "
+            f"mqkit bench {_safe_url(url)}: {first.count:,} msgs of {first.size} B, "
             f"medians of {first.rounds} interleaved round(s)\n"
             f"Python {platform.python_version()} ({platform.python_implementation()}), "
             f"mqkit {mqkit_version}"
@@ -216,10 +216,10 @@ def render(rows: Sequence[Row], url: str, console: Console) -> None:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    table.add_column("")
-    for name in ("pub k/s", "e2e k/s", "×bare", "×queue", "p50 ms", "p99 ms", "CPU µs",
-                 "RSS MiB"):
+    table.add_column("", no_wrap=True)
+    for name in ("pub k/s", "e2e k/s", "vs bare", "vs queue", "p50 ms", "p99 ms", "CPU µs"):
         table.add_column(name, justify="right")
+    table.add_column("RSS MiB", justify="right", no_wrap=True)
     for r in rows:
         lost = "" if r.consumed >= r.count else f" LOST {r.count - r.consumed}"
         table.add_row(
@@ -242,7 +242,7 @@ def render(rows: Sequence[Row], url: str, console: Console) -> None:
             f"target {t.name}: measured {t.measured:.2f}, wanted ≥ {t.wanted:g}: {verdict}"
         )
     console.print(
-        f"pub: publish rate; e2e: first publish to last ack; ×bare/×queue: e2e over (a)/(c). "
+        f"pub: publish rate; e2e: first publish to last ack; vs bare/queue: e2e over (a)/(c). "
         f"Latency: {LATENCY_RATE:,.0f} msgs/s for up to {LATENCY_SECONDS:g} s, publish "
         "timestamp to handler start. CPU: process time per message in the throughput phase. "
         "RSS: the process's peak so far +how much this contender raised it.",

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import importlib.util
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -361,59 +363,64 @@ class KombuMemory:
     label = "(d) kombu memory:// SimpleQueue, synchronous"
 
     async def throughput(self, count: int, size: int, tag: str) -> Throughput:
-        from kombu import Connection
-
-        body = b"x" * size
-        watch = _Stopwatch()
-        consumed = 0
-        with Connection("memory://") as conn:
-            queue = conn.SimpleQueue(f"{tag}.kombu")
-            try:
-                watch.start()
-                for _ in range(count):
-                    queue.put(body)
-                watch.mark_published()
-                for _ in range(count):
-                    queue.get_nowait().ack()
-                    consumed += 1
-                watch.stop()
-            finally:
-                queue.clear()
-                queue.close()
-        return watch.result(count, consumed)
+        return _kombu_throughput(count, size, f"{tag}.kombu")
 
     async def latency(self, count: int, size: int, rate: float, tag: str) -> list[float]:
-        from kombu import Connection
+        return _kombu_latency(count, size, rate, f"{tag}.kombu-latency")
 
-        body = b"x" * size
-        seen: list[float] = []
-        with Connection("memory://") as conn:
-            queue = conn.SimpleQueue(f"{tag}.kombu-latency")
-            try:
-                start = time.perf_counter()
-                sent = 0
-                while len(seen) < count:
-                    due = min(count, int((time.perf_counter() - start) * rate) + 1)
-                    for _ in range(due - sent):
-                        queue.put(body, headers={"sent": repr(time.time())})
-                    sent = due
-                    while len(seen) < sent:
-                        message = queue.get_nowait()
-                        seen.append(time.time() - float(message.headers["sent"]))
-                        message.ack()
-                    time.sleep(PACE_TICK)
-            finally:
-                queue.clear()
-                queue.close()
-        return seen
+
+def _kombu_connection() -> Any:
+    """A ``kombu.Connection("memory://")`` (Kombu is untyped, hence ``Any``)."""
+    return importlib.import_module("kombu").Connection("memory://")
+
+
+def _kombu_throughput(count: int, size: int, name: str) -> Throughput:
+    body = b"x" * size
+    watch = _Stopwatch()
+    consumed = 0
+    with _kombu_connection() as conn:
+        queue = conn.SimpleQueue(name)
+        try:
+            watch.start()
+            for _ in range(count):
+                queue.put(body)
+            watch.mark_published()
+            for _ in range(count):
+                queue.get_nowait().ack()
+                consumed += 1
+            watch.stop()
+        finally:
+            queue.clear()
+            queue.close()
+    return watch.result(count, consumed)
+
+
+def _kombu_latency(count: int, size: int, rate: float, name: str) -> list[float]:
+    body = b"x" * size
+    seen: list[float] = []
+    with _kombu_connection() as conn:
+        queue = conn.SimpleQueue(name)
+        try:
+            start = time.perf_counter()
+            sent = 0
+            while len(seen) < count:
+                due = min(count, int((time.perf_counter() - start) * rate) + 1)
+                for _ in range(due - sent):
+                    queue.put(body, headers={"sent": repr(time.time())})
+                sent = due
+                while len(seen) < sent:
+                    message = queue.get_nowait()
+                    seen.append(time.time() - float(message.headers["sent"]))
+                    message.ack()
+                time.sleep(PACE_TICK)
+        finally:
+            queue.clear()
+            queue.close()
+    return seen
 
 
 def kombu_available() -> bool:
-    try:
-        import kombu  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("kombu") is not None
 
 
 def runners_for(url: str) -> list[Runner]:

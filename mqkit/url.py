@@ -22,7 +22,7 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class BrokerURL:
     """A parsed broker URL. ``str()`` and ``repr()`` never show secrets; ``raw`` does."""
 
@@ -79,6 +79,9 @@ class BrokerURL:
 
     def __str__(self) -> str:
         return self.safe()
+
+    def __repr__(self) -> str:
+        return f"BrokerURL({self.safe()!r})"
 
 
 def redact_url(url: str) -> str:
