@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import importlib.util
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -420,7 +419,11 @@ def _kombu_latency(count: int, size: int, rate: float, name: str) -> list[float]
 
 
 def kombu_available() -> bool:
-    return importlib.util.find_spec("kombu") is not None
+    try:
+        importlib.import_module("kombu")
+    except ImportError:
+        return False
+    return True
 
 
 def runners_for(url: str) -> list[Runner]:

@@ -17,9 +17,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
+
+from pydantic import SecretStr
 
 from mqkit import headers as h
 from mqkit import registry
@@ -31,7 +33,7 @@ from mqkit.message import Delivery, Message, dlq_topic, new_id
 from mqkit.middleware import DeadLetter, Logging, Retry, RetryPolicy
 from mqkit.middleware.base import Middleware, compose
 from mqkit.settings import Settings
-from mqkit.transport import RequestReply, Transport, TopicSpec
+from mqkit.transport import RequestReply, TopicSpec, Transport
 from mqkit.url import BrokerURL, redact_text
 
 log = logging.getLogger("mqkit.client")
@@ -57,7 +59,10 @@ class Client:
         middleware: Sequence[Middleware] | None = None,
         **options: Any,
     ) -> None:
-        settings = url if isinstance(url, Settings) else Settings(**({"url": url} if url else {}))
+        if isinstance(url, Settings):
+            settings = url
+        else:
+            settings = Settings(url=SecretStr(url)) if url else Settings()
         self.settings = settings
         raw = settings.url.get_secret_value()
         self.url = BrokerURL.parse(raw)
@@ -215,7 +220,7 @@ class Client:
 
     async def consume(
         self, topic: str, *, group: str = "default", prefetch: int = 10
-    ) -> AsyncIterator[Delivery]:
+    ) -> AsyncGenerator[Delivery, None]:
         """Iterate over deliveries yourself; you ack, nack or dead-letter each one."""
         await self.connect()
         await self._ensure_dead_letter_topic(topic)

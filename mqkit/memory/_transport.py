@@ -167,8 +167,9 @@ class MemoryTransport:
     ) -> None:
         if (offset is None) == (timestamp is None):
             raise ConfigurationError("seek needs exactly one of offset or timestamp")
-        t = self._broker.topic(topic)
-        self._broker.seek(topic, group, offset if offset is not None else t.offset_for_time(timestamp or 0.0))
+        if offset is None:
+            offset = self._broker.topic(topic).offset_for_time(timestamp or 0.0)
+        self._broker.seek(topic, group, offset)
 
     async def request(self, message: Message, timeout: float) -> Message:
         from mqkit import headers as h
