@@ -49,6 +49,8 @@ class Capabilities:
     wildcards: bool = False
     """Subscriptions accept ``*`` (one word) and ``#`` (zero or more words) patterns."""
     max_message_bytes: int = 1024 * 1024
+    bulk_test_size: int = 10_000
+    """How many messages a bulk conformance test sends: lower only for slow emulators."""
 
     def missing(self, **required: bool) -> list[str]:
         """Names of the flags in ``required`` that are asked for but not offered."""
