@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from mqkit import headers as h
 from mqkit import registry
+from mqkit.batching import BatchConsumer, item_type
 from mqkit.codec import decode, encode
 from mqkit.consumer import Consumer, SubscriptionSpec
 from mqkit.errors import ConfigurationError, MessageTooLarge, MqkitError, RequestTimeout
@@ -72,7 +73,12 @@ class Client:
             self.url, **{**settings.options, **options}
         )
         self._subscriptions: list[tuple[SubscriptionSpec, UserHandler, list[Middleware]]] = []
-        self._consumers: list[Consumer] = []
+        self._consumers: list[Consumer | BatchConsumer] = []
+        self._batch_subscriptions: list[
+            tuple[SubscriptionSpec, UserHandler, Any, int, float, RetryPolicy]
+        ] = []
+        self._started_batches = 0
+        self._started = 0
         self._ensured: set[str] = set()
         self._connected = False
         self._stop = asyncio.Event()
@@ -197,12 +203,20 @@ class Client:
         prefetch: int | None = None,
         middleware: Sequence[Middleware] | None = None,
         retry: RetryPolicy | None = None,
+        batch_size: int | None = None,
+        batch_timeout: float = 0.05,
     ) -> Callable[[F], F]:
         """Decorator: run the async function for each message of ``topic`` in ``group``.
 
         ``middleware`` replaces the client's stack for this subscription; ``retry`` tunes
-        the default stack's retry policy. Handlers start with ``run()`` or ``start()``.
+        the default stack's retry policy. With ``batch_size`` the function takes
+        ``list[T]`` and is called with up to that many payloads at once (see
+        ``mqkit.batching``). Handlers start with ``run()`` or ``start()``.
         """
+        if batch_size is not None:
+            return self._subscribe_batch(
+                topic, group, batch_size, batch_timeout, prefetch, retry or RetryPolicy()
+            )
         spec = SubscriptionSpec(topic, group, concurrency, prefetch)
         if middleware is not None:
             stack = list(middleware)
@@ -214,6 +228,26 @@ class Client:
         def register(func: F) -> F:
             adapt(func)  # fail at decoration time on a bad signature
             self._subscriptions.append((spec, func, stack))
+            return func
+
+        return register
+
+    def _subscribe_batch(
+        self,
+        topic: str,
+        group: str,
+        batch_size: int,
+        batch_timeout: float,
+        prefetch: int | None,
+        retry: RetryPolicy,
+    ) -> Callable[[F], F]:
+        def register(func: F) -> F:
+            target = item_type(func)
+            if batch_size < 1 or batch_timeout <= 0:
+                raise ConfigurationError("batch_size must be >= 1 and batch_timeout > 0")
+            spec = SubscriptionSpec(topic, group, 1, prefetch or batch_size * 2)
+            self._batch_subscriptions.append((spec, func, target, batch_size, batch_timeout,
+                                              retry))
             return func
 
         return register
@@ -240,7 +274,8 @@ class Client:
         """Start every registered subscription in the background."""
         await self.connect()
         self._stop.clear()
-        for spec, func, stack in self._subscriptions[len(self._consumers) :]:
+        for spec, func, stack in self._subscriptions[self._started :]:
+            self._started += 1
             await self._ensure_dead_letter_topic(spec.topic)
             if not _is_pattern(spec.topic):
                 await self.transport.ensure_topic(TopicSpec(spec.topic, groups=(spec.group,)))
@@ -253,11 +288,31 @@ class Client:
             )
             consumer.start()
             self._consumers.append(consumer)
+        for spec, func, target, size, window, retry in self._batch_subscriptions[
+            self._started_batches :
+        ]:
+            await self._ensure_dead_letter_topic(spec.topic)
+            if not _is_pattern(spec.topic):
+                await self.transport.ensure_topic(TopicSpec(spec.topic, groups=(spec.group,)))
+            batch_consumer = BatchConsumer(
+                spec.topic,
+                spec.group,
+                self.transport.subscribe(spec.topic, spec.group, prefetch=spec.effective_prefetch),
+                func,
+                target,
+                batch_size=size,
+                batch_timeout=window,
+                retry=retry,
+            )
+            batch_consumer.start()
+            self._consumers.append(batch_consumer)
+            self._started_batches += 1
 
     async def stop(self) -> None:
         """Graceful stop: stop fetching, finish and settle what is in flight."""
         self._stop.set()
         consumers, self._consumers = self._consumers, []
+        self._started = self._started_batches = 0
         await asyncio.gather(*(c.stop() for c in consumers))
 
     async def run(self, *, install_signal_handlers: bool = True) -> None:

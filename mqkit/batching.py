@@ -1,0 +1,147 @@
+"""Batch handlers: a handler that takes a list of payloads, for throughput.
+
+``@client.subscribe("events", group="g", batch_size=500, batch_timeout=0.05)`` on
+``async def handle(events: list[Event]) -> None`` collects up to ``batch_size`` deliveries (or
+what arrived within ``batch_timeout`` seconds of the first) and calls the handler once.
+
+Settlement is still per message, and nothing is acked that did not succeed:
+- a message that does not decode is dead-lettered on its own; the rest of the batch runs;
+- the handler returning acks every message of the batch;
+- the handler raising a permanent error dead-letters the whole batch; a transient one nacks
+  each message with the retry policy's backoff, or dead-letters it once out of attempts.
+One batch runs at a time per subscription, so order per key is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, get_args, get_origin
+
+from mqkit.codec import decode
+from mqkit.errors import ConfigurationError, DecodeError, ErrorKind
+from mqkit.handlers import UserHandler, payload_type
+from mqkit.message import Delivery
+from mqkit.middleware.deadletter import PERMANENT
+from mqkit.middleware.retry import EXHAUSTED, RetryPolicy
+
+log = logging.getLogger("mqkit.batch")
+
+
+def item_type(func: UserHandler) -> Any:
+    """``T`` for a handler whose payload parameter is ``list[T]``; else a clear error."""
+    annotation = payload_type(func)
+    if get_origin(annotation) is not list:
+        raise ConfigurationError(
+            f"batch handler {getattr(func, '__qualname__', func)!r} must take list[T] payloads"
+        )
+    args = get_args(annotation)
+    return args[0] if args else Any
+
+
+class BatchConsumer:
+    """Runs a batch handler over one subscription until stopped."""
+
+    def __init__(
+        self,
+        topic: str,
+        group: str,
+        source: AsyncIterator[Delivery],
+        func: Callable[[list[Any]], Awaitable[Any]],
+        target: Any,
+        *,
+        batch_size: int,
+        batch_timeout: float,
+        retry: RetryPolicy,
+    ) -> None:
+        if batch_size < 1 or batch_timeout <= 0:
+            raise ConfigurationError("batch_size must be >= 1 and batch_timeout > 0")
+        self.topic, self.group = topic, group
+        self._source = source
+        self._func = func
+        self._target = target
+        self._size = batch_size
+        self._timeout = batch_timeout
+        self._retry = retry
+        self._task: asyncio.Task[None] | None = None
+        self._in_hand: asyncio.Future[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"mqkit-batch-{self.topic}")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, stop fetching, close the source."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await self._task
+        if self._in_hand is not None and not self._in_hand.done():
+            await self._in_hand
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def _loop(self) -> None:
+        iterator = aiter(self._source)
+        pending: asyncio.Task[Delivery] | None = None
+        batch: list[Delivery] = []
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(iterator))
+                if not batch:
+                    batch.append(await pending)
+                    pending = None
+                    continue
+                # Collect more until the batch is full or the window closes.
+                done, _ = await asyncio.wait({pending}, timeout=self._timeout)
+                if done:
+                    batch.append(pending.result())
+                    pending = None
+                if not done or len(batch) >= self._size:
+                    current, batch = batch, []
+                    # Shielded: a stop lets the batch in hand finish and settle.
+                    self._in_hand = asyncio.ensure_future(self._handle(current))
+                    await asyncio.shield(self._in_hand)
+        except (asyncio.CancelledError, StopAsyncIteration):
+            if pending is not None:
+                pending.cancel()
+            if batch:  # fetched but not yet handed over: finish it rather than strand it
+                await self._handle(batch)
+            raise
+
+    async def _handle(self, batch: list[Delivery]) -> None:
+        items: list[Any] = []
+        good: list[Delivery] = []
+        for delivery in batch:
+            delivery.state["group"] = self.group
+            message = delivery.message
+            try:
+                items.append(decode(message.body, message.content_type, self._target))
+                good.append(delivery)
+            except DecodeError as exc:
+                await delivery.dead_letter(PERMANENT, error=exc)
+        if not good:
+            return
+        try:
+            await self._func(items)
+        except Exception as exc:
+            await self._fail(good, exc)
+            return
+        for delivery in good:
+            await delivery.ack()
+
+    async def _fail(self, batch: list[Delivery], exc: Exception) -> None:
+        policy = self._retry
+        permanent = policy.classifier.classify(exc) is ErrorKind.PERMANENT
+        log.warning("batch of %d on %s failed: %s: %s", len(batch), self.topic,
+                    type(exc).__name__, exc)
+        for delivery in batch:
+            if permanent:
+                await delivery.dead_letter(PERMANENT, error=exc)
+            elif delivery.attempt >= policy.max_attempts:
+                await delivery.dead_letter(EXHAUSTED, error=exc)
+            else:
+                await delivery.nack(delay=policy.delay(delivery.attempt))
