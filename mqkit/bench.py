@@ -36,7 +36,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from mqkit.bench_runners import Runner, Throughput, runners_for
+from mqkit.bench_baselines import KombuMemory, PlainQueue, kombu_available
+from mqkit.bench_runners import BareTransport, FullStack, Runner, Throughput
 from mqkit.errors import ConfigurationError
 from mqkit.url import BrokerURL
 
@@ -44,7 +45,7 @@ LATENCY_RATE = 5000.0
 """Messages per second in the latency phase."""
 LATENCY_SECONDS = 1.0
 
-__all__ = ["Row", "Target", "main", "percentile", "targets"]
+__all__ = ["Row", "Target", "main", "percentile", "runners_for", "targets"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,16 @@ class Target:
     @property
     def met(self) -> bool:
         return self.measured >= self.wanted
+
+
+def runners_for(url: str) -> list[Runner]:
+    """The contenders for ``url``: (a) and (b) always; (c) and (d) on ``memory://`` only."""
+    found: list[Runner] = [BareTransport(url), FullStack(url)]
+    if BrokerURL.parse(url).scheme == "memory":
+        found.append(PlainQueue())
+        if kombu_available():
+            found.append(KombuMemory())
+    return found
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

@@ -1,7 +1,7 @@
-"""The contenders of ``mqkit bench``: one small class per way of moving messages.
+"""The mqkit contenders of ``mqkit bench``: (a) the bare transport, (b) the full ``Client``.
 
 Each runner measures two separate phases and knows nothing of rounds, medians or tables
-(``mqkit.bench`` does that):
+(``mqkit.bench`` does that; the baselines live in ``mqkit.bench_baselines``):
 
 - ``throughput(count, size, tag)``: a consumer is started, then ``count`` messages of ``size``
   bytes are published; the clock (wall and process CPU) starts at the first publish and
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from mqkit.transport import TopicSpec, Transport
 BATCH = 500
 """Messages per publish call (bare transport and client)."""
 PREFETCH = 100
-QUEUE_MAXSIZE = 1000
 GROUP = "bench"
 PACE_TICK = 0.0005
 """Seconds the paced producer sleeps between bursts in the latency phase."""
@@ -63,7 +61,7 @@ class Runner(Protocol):
     async def latency(self, count: int, size: int, rate: float, tag: str) -> list[float]: ...
 
 
-class _Stopwatch:
+class Stopwatch:
     """Wall and process-CPU time from ``start`` to ``published`` and ``done``."""
 
     def __init__(self) -> None:
@@ -99,7 +97,7 @@ async def _wait(event: asyncio.Event, count: int) -> None:
         await asyncio.wait_for(event.wait(), wait_budget(count))
 
 
-async def _paced(send: Callable[[int], Awaitable[None]], count: int, rate: float) -> None:
+async def paced(send: Callable[[int], Awaitable[None]], count: int, rate: float) -> None:
     """Call ``send(n)`` with the messages due so far, so ``count`` go out at ``rate``/s."""
     start = time.perf_counter()
     sent = 0
@@ -141,7 +139,7 @@ class BareTransport:
 
     async def _run(
         self, topic: str, count: int, on_delivery: Callable[[Delivery], None],
-        publish: Callable[[Transport], Awaitable[None]], watch: _Stopwatch,
+        publish: Callable[[Transport], Awaitable[None]], watch: Stopwatch,
     ) -> int:
         transport = await self._open(topic)
         source = transport.subscribe(topic, GROUP, prefetch=PREFETCH)
@@ -178,7 +176,7 @@ class BareTransport:
     async def throughput(self, count: int, size: int, tag: str) -> Throughput:
         topic = f"{tag}.bare"
         body = b"x" * size
-        watch = _Stopwatch()
+        watch = Stopwatch()
 
         async def publish(transport: Transport) -> None:
             for start in range(0, count, BATCH):
@@ -200,9 +198,9 @@ class BareTransport:
             async def send(n: int) -> None:
                 await transport.publish([Message(topic, body) for _ in range(n)])
 
-            await _paced(send, count, rate)
+            await paced(send, count, rate)
 
-        await self._run(topic, count, record, publish, _Stopwatch())
+        await self._run(topic, count, record, publish, Stopwatch())
         return seen
 
 
@@ -238,7 +236,7 @@ class FullStack:
 
     async def _run(
         self, topic: str, count: int, seen: list[float] | None,
-        publish: Callable[[Client], Awaitable[None]], watch: _Stopwatch,
+        publish: Callable[[Client], Awaitable[None]], watch: Stopwatch,
     ) -> int:
         client = Client(self.url)
         done = asyncio.Event()
@@ -278,7 +276,7 @@ class FullStack:
     async def throughput(self, count: int, size: int, tag: str) -> Throughput:
         topic = f"{tag}.client"
         body = b"x" * size
-        watch = _Stopwatch()
+        watch = Stopwatch()
 
         async def publish(client: Client) -> None:
             for start in range(0, count, BATCH):
@@ -296,141 +294,7 @@ class FullStack:
             async def send(n: int) -> None:
                 await client.publish_batch(topic, [body] * n)
 
-            await _paced(send, count, rate)
+            await paced(send, count, rate)
 
-        await self._run(topic, count, seen, publish, _Stopwatch())
+        await self._run(topic, count, seen, publish, Stopwatch())
         return seen
-
-
-class PlainQueue:
-    """(c) The ceiling: the same bodies through a bounded ``asyncio.Queue``, one consumer."""
-
-    key = "queue"
-    label = "(c) asyncio.Queue(maxsize=1000), the ceiling"
-
-    async def throughput(self, count: int, size: int, tag: str) -> Throughput:
-        body = b"x" * size
-        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=QUEUE_MAXSIZE)
-        watch = _Stopwatch()
-        consumed = 0
-
-        async def consume() -> None:
-            nonlocal consumed
-            while consumed < count:
-                await queue.get()
-                queue.task_done()
-                consumed += 1
-            watch.stop()
-
-        task = asyncio.create_task(consume())
-        watch.start()
-        for _ in range(count):
-            await queue.put(body)
-        watch.mark_published()
-        await task
-        return watch.result(count, consumed)
-
-    async def latency(self, count: int, size: int, rate: float, tag: str) -> list[float]:
-        body = b"x" * size
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(maxsize=QUEUE_MAXSIZE)
-        seen: list[float] = []
-
-        async def consume() -> None:
-            while len(seen) < count:
-                sent, _ = await queue.get()
-                seen.append(time.time() - sent)
-                queue.task_done()
-
-        async def send(n: int) -> None:
-            for _ in range(n):
-                await queue.put((time.time(), body))
-
-        task = asyncio.create_task(consume())
-        await _paced(send, count, rate)
-        await task
-        return seen
-
-
-class KombuMemory:
-    """(d) Kombu's ``memory://`` transport with ``SimpleQueue``, run synchronously as is.
-
-    It has no batch publish and no async API: ``count`` puts, then ``count`` gets with an
-    ack each, on the event loop thread (which it blocks meanwhile).
-    """
-
-    key = "kombu"
-    label = "(d) kombu memory:// SimpleQueue, synchronous"
-
-    async def throughput(self, count: int, size: int, tag: str) -> Throughput:
-        return _kombu_throughput(count, size, f"{tag}.kombu")
-
-    async def latency(self, count: int, size: int, rate: float, tag: str) -> list[float]:
-        return _kombu_latency(count, size, rate, f"{tag}.kombu-latency")
-
-
-def _kombu_connection() -> Any:
-    """A ``kombu.Connection("memory://")`` (Kombu is untyped, hence ``Any``)."""
-    return importlib.import_module("kombu").Connection("memory://")
-
-
-def _kombu_throughput(count: int, size: int, name: str) -> Throughput:
-    body = b"x" * size
-    watch = _Stopwatch()
-    consumed = 0
-    with _kombu_connection() as conn:
-        queue = conn.SimpleQueue(name)
-        try:
-            watch.start()
-            for _ in range(count):
-                queue.put(body)
-            watch.mark_published()
-            for _ in range(count):
-                queue.get_nowait().ack()
-                consumed += 1
-            watch.stop()
-        finally:
-            queue.clear()
-            queue.close()
-    return watch.result(count, consumed)
-
-
-def _kombu_latency(count: int, size: int, rate: float, name: str) -> list[float]:
-    body = b"x" * size
-    seen: list[float] = []
-    with _kombu_connection() as conn:
-        queue = conn.SimpleQueue(name)
-        try:
-            start = time.perf_counter()
-            sent = 0
-            while len(seen) < count:
-                due = min(count, int((time.perf_counter() - start) * rate) + 1)
-                for _ in range(due - sent):
-                    queue.put(body, headers={"sent": repr(time.time())})
-                sent = due
-                while len(seen) < sent:
-                    message = queue.get_nowait()
-                    seen.append(time.time() - float(message.headers["sent"]))
-                    message.ack()
-                time.sleep(PACE_TICK)
-        finally:
-            queue.clear()
-            queue.close()
-    return seen
-
-
-def kombu_available() -> bool:
-    try:
-        importlib.import_module("kombu")
-    except ImportError:
-        return False
-    return True
-
-
-def runners_for(url: str) -> list[Runner]:
-    """The contenders for ``url``: (a) and (b) always; (c) and (d) on ``memory://`` only."""
-    found: list[Runner] = [BareTransport(url), FullStack(url)]
-    if url.split(":", 1)[0].lower() == "memory":
-        found.append(PlainQueue())
-        if kombu_available():
-            found.append(KombuMemory())
-    return found

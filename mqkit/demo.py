@@ -284,12 +284,16 @@ class OrderFlowDemo:
         self.fix_deployed = True
         self.emit("deploy", "billing v2 deployed: amounts like '12,50 EUR' are accepted", "ops")
         result = await dlq.replay(
-            self.api, self.t_orders, error_type=MalformedOrder.__qualname__, idle=self.idle
+            self.api,
+            self.t_orders,
+            error_type=MalformedOrder.__qualname__,
+            idle=self.idle,
+            on_progress=lambda old, new: self.emit(
+                "ops", f"replayed dead letter {old.id[:8]} as new message {new.id[:8]} "
+                f"(causation {old.id[:8]}) to {new.topic}", "ops"
+            ),
         )
         self.report.replayed = result.replayed
-        for copy in result.copies:
-            self.emit("ops", f"replayed {copy.causation_id} as new message {copy.id} "
-                      f"to {copy.topic}", "ops")
         await self.until(
             lambda: "o-5" in self.effects.get("billing", [])
             and all(self.stats(g).duplicates >= 1 for g in ("notifications", "analytics")),

@@ -19,7 +19,7 @@ STYLES = {
     "ops": "bold blue",
     "info": "white",
 }
-ACTOR_WIDTH = 13
+ACTOR_WIDTH = 15
 
 
 class TimelinePrinter:

@@ -192,7 +192,7 @@ class SqliteTransaction:
 
     def __init__(self, key: str, connection: SqliteConnection) -> None:
         self.key = key
-        self.connection: Any = connection
+        self.connection = connection
 
 
 class SqliteIdempotencyStore:

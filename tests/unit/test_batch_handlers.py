@@ -37,7 +37,8 @@ async def test_handler_gets_lists_and_every_message_is_acked(client: Client) -> 
     await wait_until(lambda: sum(map(len, batches)) >= 250, 5)
     assert [n for batch in batches for n in batch] == list(range(250))
     assert max(map(len, batches)) <= 100 and len(batches) >= 3
-    await wait_until(lambda: MemoryBroker.named(client.url.host or "").group("nums", "g").depth() == 0, 5)
+    group = MemoryBroker.named(client.url.host or "").group("nums", "g")
+    await wait_until(lambda: group.depth() == 0, 5)
 
 
 async def test_undecodable_message_is_dead_lettered_alone(client: Client) -> None:
