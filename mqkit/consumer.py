@@ -1,7 +1,7 @@
 """Run one subscription: fetch deliveries, run the middleware chain, settle, shut down cleanly.
 
-One fetch loop pulls from the transport (bounded by prefetch) and hands deliveries to
-``concurrency`` workers. Two messages with the same key never run at once: a delivery whose
+``concurrency`` workers take turns fetching from the transport (bounded by prefetch) and
+each handles what it fetched. Two messages with the same key never run at once: a delivery whose
 key is busy waits behind it and runs on the same worker afterwards, which keeps order per key
 on brokers that hand out several messages of a key before the first is acked (Kafka).
 
@@ -52,7 +52,12 @@ class SubscriptionSpec:
 
 
 class Consumer:
-    """Runs ``handler`` over one subscription until stopped. Not restartable."""
+    """Runs ``handler`` over one subscription until stopped. Not restartable.
+
+    Each worker fetches its own next delivery under a lock (so async-generator sources see
+    one ``__anext__`` at a time) and handles it itself: no queue and no task switch between
+    fetching and handling, which keeps the per-message cost close to the transport's.
+    """
 
     def __init__(
         self,
@@ -64,20 +69,20 @@ class Consumer:
     ) -> None:
         self.spec = spec
         self._source = source
+        self._iterator = aiter(source)
         self._handler = handler
         self._reply = reply
         self._shutdown_timeout = shutdown_timeout
-        self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=spec.concurrency)
+        self._fetch_lock = asyncio.Lock()
+        self._fetching: asyncio.Task[Any] | None = None
         self._busy_keys: dict[str, deque[Delivery]] = {}
-        self._fetcher: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
-        self._done = asyncio.Event()
         self._stopping = False
+        self._error: BaseException | None = None
         self.handled = 0
         self.failed = 0
 
     def start(self) -> None:
-        self._fetcher = asyncio.create_task(self._fetch(), name=f"mqkit-fetch-{self.spec.topic}")
         self._workers = [
             asyncio.create_task(self._work(), name=f"mqkit-worker-{self.spec.topic}-{i}")
             for i in range(self.spec.concurrency)
@@ -88,20 +93,16 @@ class Consumer:
 
         Re-raises the error that ended the source, if one did.
         """
-        tasks = [t for t in (self._fetcher, *self._workers) if t is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self._done.wait() if self._stopping else None
-        fetcher = self._fetcher
-        if fetcher is not None and not fetcher.cancelled() and fetcher.exception() is not None:
-            raise fetcher.exception()  # type: ignore[misc]
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._error is not None:
+            raise self._error
 
     async def stop(self) -> None:
         """Stop fetching, finish in-flight work, close the source. Safe to call twice."""
         self._stopping = True
-        if self._fetcher is not None and not self._fetcher.done():
-            self._fetcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._fetcher
+        fetching = self._fetching
+        if fetching is not None and not fetching.done():
+            fetching.cancel()  # only the worker waiting for a new delivery is interrupted
         workers = [w for w in self._workers if not w.done()]
         if workers:
             _, pending = await asyncio.wait(workers, timeout=self._shutdown_timeout)
@@ -118,28 +119,37 @@ class Consumer:
                 await asyncio.gather(*pending, return_exceptions=True)
         aclose = getattr(self._source, "aclose", None)
         if aclose is not None:
-            await aclose()
-        self._done.set()
+            with contextlib.suppress(RuntimeError):  # a generator already closed by the cancel
+                await aclose()
 
-    async def _fetch(self) -> None:
-        try:
-            async for delivery in self._source:
-                delivery.state["group"] = self.spec.group
-                await self._queue.put(delivery)
-        finally:
-            # Tell each worker to finish once the queue is drained. Shielded: this also
-            # runs when the fetch task is cancelled by ``stop``.
-            await asyncio.shield(self._release_workers())
-
-    async def _release_workers(self) -> None:
-        for _ in self._workers:
-            await self._queue.put(None)
+    async def _next(self) -> Delivery | None:
+        async with self._fetch_lock:
+            if self._stopping:
+                return None
+            self._fetching = asyncio.current_task()
+            try:
+                delivery = await anext(self._iterator)
+            except StopAsyncIteration:
+                self._stopping = True
+                return None
+            except asyncio.CancelledError:
+                if self._stopping:
+                    return None
+                raise
+            except Exception as exc:
+                self._error = exc
+                self._stopping = True
+                log.error("subscription to %s failed: %s", self.spec.topic, exc)
+                return None
+            finally:
+                self._fetching = None
+        delivery.state["group"] = self.spec.group
+        return delivery
 
     async def _work(self) -> None:
-        queue = self._queue
         busy = self._busy_keys
         while True:
-            delivery = await queue.get()
+            delivery = await self._next()
             if delivery is None:
                 return
             key = delivery.message.key

@@ -301,9 +301,11 @@ class OrderFlowDemo:
         )
 
     async def _final_checks(self) -> None:
-        left = 0
-        for topic in (self.t_orders, self.t_payments, self.t_users):
-            left += len(await dlq.inspect(self.api, topic, idle=self.idle))
+        found = await asyncio.gather(*(
+            dlq.inspect(self.api, topic, idle=self.idle)
+            for topic in (self.t_orders, self.t_payments, self.t_users)
+        ))
+        left = sum(len(letters) for letters in found)
         self.report.dlq_left = left
         r, checks = self.report, self.report.checks
         for group in ORDER_GROUPS:

@@ -8,6 +8,7 @@
     │   └── MessageTooLarge
     ├── RequestTimeout              request/reply got no answer in time
     ├── AlreadySettledError         ack/nack/dead_letter called twice on one delivery
+    ├── DeliveryExpired             settled after the broker's ack timeout redelivered it
     ├── TransientError              raise from a handler: retry with backoff
     │   └── HandlerTimeout
     └── PermanentError              raise from a handler: dead-letter at once
@@ -72,6 +73,14 @@ class DecodeError(PermanentError):
 
 class AlreadySettledError(MqkitError, RuntimeError):
     """A delivery was acked, nacked or dead-lettered twice."""
+
+
+class DeliveryExpired(MqkitError):
+    """A settlement came after the broker gave the message to another consumer.
+
+    The broker's own timeout (SQS visibility, JetStream AckWait, memory ``ack_timeout``) ran
+    out first; the message is being redelivered, so nothing is lost.
+    """
 
 
 class AuthorizationError(PermanentError, ConnectionFailed):

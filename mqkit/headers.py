@@ -20,6 +20,7 @@ DLQ_ATTEMPTS = "x-dlq-attempts"
 DLQ_ORIGINAL_TOPIC = "x-dlq-original-topic"
 DLQ_FAILED_AT = "x-dlq-failed-at"
 DLQ_REPLAYED_AT = "x-dlq-replayed-at"
+DLQ_GROUP = "x-dlq-group"
 
 DLQ_HEADERS = (
     DLQ_REASON,
@@ -29,4 +30,5 @@ DLQ_HEADERS = (
     DLQ_ATTEMPTS,
     DLQ_ORIGINAL_TOPIC,
     DLQ_FAILED_AT,
+    DLQ_GROUP,
 )

@@ -13,9 +13,9 @@ message is removed from its queue only once its dead-letter copy was confirmed.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,8 +27,12 @@ DLQ_SUFFIX = ".dlq"
 
 
 def new_id() -> str:
-    """A fresh, unique message id (UUID4 hex)."""
-    return uuid.uuid4().hex
+    """A fresh, unique message id: 128 random bits as 32 hex digits.
+
+    ``os.urandom`` directly: a quarter of the cost of ``uuid.uuid4().hex``, which showed up
+    as a third of the in-memory publish path.
+    """
+    return os.urandom(16).hex()
 
 
 def dlq_topic(topic: str) -> str:

@@ -103,7 +103,11 @@ def redact_url(url: str) -> str:
         f"{quote(k, safe='.-_')}={REDACTED if is_secret_name(k) else quote(v, safe='.-_:/')}"
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    redacted = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # urlunsplit drops "//" when there is no host ("memory://" would become "memory:").
+    if not netloc and url.startswith(f"{parts.scheme}://"):
+        redacted = redacted.replace(f"{parts.scheme}:", f"{parts.scheme}://", 1)
+    return redacted
 
 
 def redact_options(options: dict[str, object]) -> dict[str, object]:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mqkit.clock import Clock, LoopClock, TimerHandle
+from mqkit.memory._chaos import Chaos
 from mqkit.message import Message
 from mqkit.transport import TopicSpec
 
@@ -54,14 +55,20 @@ def is_pattern(topic: str) -> bool:
 
 
 class Entry:
-    """One message waiting in, or handed out by, one group."""
+    """One message waiting in, or handed out by, one group.
 
-    __slots__ = ("attempt", "message", "offset")
+    ``lease`` changes each time the entry is handed out, so a settlement that arrives after
+    the entry's ack timeout gave it to someone else is recognised as stale.
+    """
+
+    __slots__ = ("attempt", "lease", "message", "offset", "timer")
 
     def __init__(self, message: Message, offset: int, attempt: int = 0) -> None:
         self.message = message
         self.offset = offset
         self.attempt = attempt
+        self.lease = 0
+        self.timer: TimerHandle | None = None
 
 
 class Group:
@@ -72,9 +79,10 @@ class Group:
     A nack releases the key; the redelivered entry then queues behind newer ones.
     """
 
-    def __init__(self, name: str, clock: Clock) -> None:
+    def __init__(self, name: str, broker: MemoryBroker) -> None:
         self.name = name
-        self.clock = clock
+        self.broker = broker
+        self.clock = broker.clock
         self.ready: deque[Entry] = deque()
         self.delayed: list[tuple[float, int, Entry]] = []
         self.busy_keys: set[str] = set()
@@ -100,8 +108,13 @@ class Group:
     def take(self) -> Entry | None:
         """The next deliverable entry, or None. Marks its key busy."""
         ready = self.ready
+        chaos = self.broker.chaos
         while ready:
-            entry = ready.popleft()
+            if chaos is not None and chaos.reorder and len(ready) > 1:
+                window = min(len(ready), chaos.reorder_window)
+                entry = self._take_reordered(chaos.rng.randrange(window))
+            else:
+                entry = ready.popleft()
             key = entry.message.key
             if key is not None:
                 if key in self.busy_keys:
@@ -109,12 +122,40 @@ class Group:
                     continue
                 self.busy_keys.add(key)
             entry.attempt += 1
+            entry.lease += 1
             self.inflight += 1
+            if self.broker.ack_timeout is not None:
+                self._start_ack_timer(entry, self.broker.ack_timeout)
             return entry
         if self.delayed and self.delayed[0][0] <= self.clock.now():
             self._release_due()
             return self.take()
         return None
+
+    def _start_ack_timer(self, entry: Entry, timeout: float) -> None:
+        lease = entry.lease
+        entry.timer = self.clock.call_at(
+            self.clock.now() + timeout, lambda: self._expire(entry, lease)
+        )
+
+    def _take_reordered(self, index: int) -> Entry:
+        # Never pass over an earlier entry of the same key: order per key is a promise.
+        candidate = self.ready[index]
+        key = candidate.message.key
+        for i in range(index):
+            if key is not None and self.ready[i].message.key == key:
+                return self.ready.popleft()
+        del self.ready[index]
+        return candidate
+
+    def _expire(self, entry: Entry, lease: int) -> None:
+        """Ack timeout: an entry still out under the same lease goes back to the queue."""
+        if entry.lease == lease and entry.timer is not None:
+            entry.timer = None
+            self.redeliver(entry, None)
+
+    def is_current(self, entry: Entry, lease: int) -> bool:
+        return entry.lease == lease and (self.broker.ack_timeout is None or entry.timer is not None)
 
     async def wait(self) -> None:
         """Until something may have become deliverable."""
@@ -133,10 +174,17 @@ class Group:
     # --- settlement -------------------------------------------------------------------
     def settle(self, entry: Entry) -> None:
         """Acked or dead-lettered: gone for good."""
+        self._stop_timer(entry)
         self.inflight -= 1
         self._release_key(entry.message.key)
 
+    def _stop_timer(self, entry: Entry) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+
     def redeliver(self, entry: Entry, delay: float | None) -> None:
+        self._stop_timer(entry)
         self.inflight -= 1
         self._release_key(entry.message.key)
         if delay:
@@ -239,6 +287,8 @@ class MemoryBroker:
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or LoopClock()
+        self.chaos: Chaos | None = None
+        self.ack_timeout: float | None = None
         self.topics: dict[str, Topic] = {}
         # Wildcard subscriptions: (pattern, group name) -> (compiled pattern, Group)
         self.patterns: dict[tuple[str, str], tuple[re.Pattern[str], Group]] = {}
@@ -271,7 +321,7 @@ class MemoryBroker:
             found = self.patterns.get((topic_or_pattern, group))
             if found is None:
                 rx = pattern_regex(topic_or_pattern)
-                g = Group(group, self.clock)
+                g = Group(group, self)
                 self.patterns[(topic_or_pattern, group)] = (rx, g)
                 for topic in self.topics.values():
                     if rx.match(topic.name):
@@ -281,7 +331,7 @@ class MemoryBroker:
         topic = self.topic(topic_or_pattern)
         g2 = topic.groups.get(group)
         if g2 is None:
-            g2 = topic.groups[group] = Group(group, self.clock)
+            g2 = topic.groups[group] = Group(group, self)
             topic.fanout.append(g2)
         return g2
 
@@ -293,8 +343,10 @@ class MemoryBroker:
             return
         topic = self.topics.get(message.topic) or self.topic(message.topic)
         offset = topic.append(message)
+        copies = self.chaos.duplicate if self.chaos is not None else 1
         for g in topic.fanout:
-            g.push(Entry(message, offset))
+            for _ in range(copies):
+                g.push(Entry(message, offset))
 
     def seek(self, topic: str, group: str, offset: int) -> None:
         t = self.topic(topic)

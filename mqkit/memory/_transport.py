@@ -1,4 +1,8 @@
-"""``memory://[name][?max_message_bytes=N]``: the embedded broker and reference transport.
+"""``memory://[name][?max_message_bytes=N&ack_timeout=S]``: the embedded, reference transport.
+
+Options (URL query or keyword): ``max_message_bytes``; ``ack_timeout`` (seconds an unsettled
+delivery may stay out before it is redelivered, like a visibility timeout; default none);
+``clock`` (a ``mqkit.testing.VirtualClock``); ``chaos`` (a ``mqkit.memory.Chaos``).
 
 Features: topics with a retained log and replay (``seek``), groups (competing inside a group,
 every group sees every message), order per key, ack/nack, delayed redelivery, attempt
@@ -13,8 +17,15 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from mqkit.errors import ConfigurationError, MessageTooLarge, PublishError
+from mqkit.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    DeliveryExpired,
+    MessageTooLarge,
+    PublishError,
+)
 from mqkit.memory._broker import Entry, Group, MemoryBroker
+from mqkit.memory._chaos import SimulatedCrash
 from mqkit.message import Delivery, Message
 from mqkit.transport import Capabilities, TopicSpec
 from mqkit.url import BrokerURL
@@ -23,23 +34,43 @@ DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 class MemoryDelivery(Delivery):
-    __slots__ = ("_entry", "_group", "_subscription")
+    __slots__ = ("_entry", "_group", "_lease", "_subscription")
 
     def __init__(
         self, entry: Entry, group: Group, subscription: _Subscription, transport: MemoryTransport
     ) -> None:
         super().__init__(entry.message, entry.attempt, transport._publish_one)
         self._entry = entry
+        self._lease = entry.lease
         self._group = group
         self._subscription = subscription
 
+    def _check_current(self) -> None:
+        if not self._group.is_current(self._entry, self._lease):
+            self._subscription._settled(self._entry)
+            raise DeliveryExpired(
+                f"delivery {self.message.id} passed its ack timeout and was redelivered"
+            )
+
     async def _ack(self) -> None:
+        self._check_current()
+        chaos = self._group.broker.chaos
+        if chaos is not None:
+            if chaos.chance(chaos.crash_before_ack_rate):
+                self._group.redeliver(self._entry, None)
+                self._subscription._settled(self._entry)
+                raise SimulatedCrash(f"chaos: consumer crashed before acking {self.message.id}")
+            if chaos.chance(chaos.redeliver_rate):
+                self._group.redeliver(self._entry, None)  # the ack was lost on the way
+                self._subscription._settled(self._entry)
+                return
         self._group.settle(self._entry)
-        self._subscription._settled()
+        self._subscription._settled(self._entry)
 
     async def _nack(self, delay: float | None) -> None:
+        self._check_current()
         self._group.redeliver(self._entry, delay)
-        self._subscription._settled()
+        self._subscription._settled(self._entry)
 
 
 class _Subscription:
@@ -54,6 +85,8 @@ class _Subscription:
         self._unsettled = 0
         self._capacity: asyncio.Future[None] | None = None
         self._closed = False
+        # Handed out and not yet settled, with the lease they were handed out under.
+        self._outstanding: dict[Entry, int] = {}
 
     def __aiter__(self) -> _Subscription:
         return self
@@ -72,9 +105,11 @@ class _Subscription:
                 await group.wait()
                 continue
             self._unsettled += 1
+            self._outstanding[entry] = entry.lease
             return MemoryDelivery(entry, group, self, self._transport)
 
-    def _settled(self) -> None:
+    def _settled(self, entry: Entry) -> None:
+        self._outstanding.pop(entry, None)
         self._unsettled -= 1
         cap = self._capacity
         if cap is not None and not cap.done():
@@ -87,6 +122,13 @@ class _Subscription:
         if self._capacity is not None and not self._capacity.done():
             self._capacity.set_result(None)
 
+    def abandon(self) -> None:
+        """Give back every delivery still unsettled, as a broker does when a consumer leaves."""
+        for entry, lease in list(self._outstanding.items()):
+            if self._group.is_current(entry, lease):
+                self._group.redeliver(entry, None)
+        self._outstanding.clear()
+
 
 class MemoryTransport:
     """The in-memory transport. See the module docstring for URL and features."""
@@ -98,6 +140,14 @@ class MemoryTransport:
         merged: dict[str, Any] = {**parsed.options, **options}
         self.name = (parsed.host or "") + parsed.path.strip("/")
         self._broker: MemoryBroker = merged.pop("broker", None) or MemoryBroker.named(self.name)
+        clock = merged.pop("clock", None)
+        if clock is not None:
+            self._broker.clock = clock
+        chaos = merged.pop("chaos", None)
+        if chaos is not None:
+            self._broker.chaos = chaos
+        if "ack_timeout" in merged:
+            self._broker.ack_timeout = float(merged.pop("ack_timeout"))
         max_bytes = int(merged.pop("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
         if merged:
             raise ConfigurationError(f"unknown memory:// options: {sorted(merged)}")
@@ -132,12 +182,16 @@ class MemoryTransport:
         self._closed = True
         for sub in self._subscriptions:
             await sub.aclose()
+            sub.abandon()
         self._subscriptions.clear()
 
     async def publish(self, messages: Sequence[Message]) -> None:
         if self._closed:
             raise PublishError("transport is closed")
         limit = self.capabilities.max_message_bytes
+        chaos = self._broker.chaos
+        if chaos is not None and chaos.chance(chaos.publish_failure_rate):
+            raise ConnectionFailed("chaos: the broker did not answer this publish")
         # Check the whole batch first so a rejected batch publishes nothing.
         for message in messages:
             if len(message.body) > limit or message.size > limit:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from mqkit import headers as h
 from mqkit.errors import Classifier, ErrorKind, default_classifier
 from mqkit.message import Delivery
-from mqkit.middleware.base import Handler
+from mqkit.middleware.base import Handler, group_of
 from mqkit.middleware.retry import EXHAUSTED
 
 log = logging.getLogger("mqkit.deadletter")
@@ -39,7 +40,8 @@ class DeadLetter:
                     reason = PERMANENT
                 else:
                     reason = delivery.state.get("failure", EXHAUSTED)
-                await delivery.dead_letter(reason, error=exc)
+                group = {h.DLQ_GROUP: group_of(delivery)} if group_of(delivery) else None
+                await delivery.dead_letter(reason, error=exc, extra_headers=group)
                 log.warning(
                     "dead-lettered %s from %s after %d attempt(s): %s: %s",
                     delivery.message.id,

@@ -22,28 +22,33 @@ class Logging:
     def __call__(self, inner: Handler) -> Handler:
         logger, level = self.logger, self.level
 
-        async def logged(delivery: Delivery) -> Any:
-            if not logger.isEnabledFor(logging.WARNING):
-                return await inner(delivery)
-            started = time.perf_counter()
-            fields = {
+        def fields(delivery: Delivery, started: float) -> dict[str, Any]:
+            return {
                 "topic": delivery.message.topic,
                 "group": group_of(delivery),
                 "message_id": delivery.message.id,
                 "attempt": delivery.attempt,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "outcome": delivery.settled or "ok",
             }
+
+        async def logged(delivery: Delivery) -> Any:
+            # The fields are built only when a record is written: this runs per message.
+            started = time.perf_counter()
             try:
                 result = await inner(delivery)
             except Exception as exc:
-                fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-                logger.warning(
-                    "handler failed: %s: %s", type(exc).__name__, exc, extra={"mqkit": fields}
-                )
+                if logger.isEnabledFor(logging.WARNING):
+                    logger.warning(
+                        "handler failed: %s: %s",
+                        type(exc).__name__,
+                        exc,
+                        extra={"mqkit": fields(delivery, started)},
+                    )
                 raise
             if logger.isEnabledFor(level):
-                fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-                fields["outcome"] = delivery.settled or "ok"
-                logger.log(level, "handled %s", fields["message_id"], extra={"mqkit": fields})
+                extra = {"mqkit": fields(delivery, started)}
+                logger.log(level, "handled %s", delivery.message.id, extra=extra)
             return result
 
         return logged

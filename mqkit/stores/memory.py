@@ -11,10 +11,13 @@ from mqkit.stores.base import Claim
 class MemoryIdempotencyStore:
     """Keys kept in this process only; lost on exit. ``clock`` is injectable for tests."""
 
+    SWEEP_MIN = 100_000
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         # key -> (done, expires_at)
         self._keys: dict[str, tuple[bool, float]] = {}
+        self._sweep_at = self.SWEEP_MIN
 
     async def claim(self, key: str, lease: float) -> Claim:
         now = self._clock()
@@ -22,8 +25,10 @@ class MemoryIdempotencyStore:
         if found is not None and found[1] > now:
             return Claim.DONE if found[0] else Claim.BUSY
         self._keys[key] = (False, now + lease)
-        if len(self._keys) > 100_000:
+        if len(self._keys) > self._sweep_at:
             self._expire(now)
+            # Sweep again only after the live set doubled: amortised O(1) per claim.
+            self._sweep_at = max(self.SWEEP_MIN, 2 * len(self._keys))
         return Claim.NEW
 
     async def complete(self, key: str, ttl: float) -> None:

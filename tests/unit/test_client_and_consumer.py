@@ -53,7 +53,7 @@ async def test_settling_twice_raises(client: Client) -> None:
 
 
 async def test_request_without_responder_times_out_clearly(client: Client) -> None:
-    with pytest.raises(RequestTimeout, match="no reply to 'prices' within 0.1s"):
+    with pytest.raises(RequestTimeout, match=r"no reply to 'prices' within 0\.1s"):
         await client.request("prices", {"sku": "x"}, timeout=0.1)
 
 
@@ -156,4 +156,21 @@ def test_sync_publisher_publishes_from_sync_code() -> None:
         batch = publisher.publish_batch("orders", [{"id": 2}, {"id": 3}])
     topic = MemoryBroker.named(name).topics["orders"]
     assert [m.id for m in topic.log] == [sent.id, *(m.id for m in batch)]
+    MemoryBroker.forget(name)
+
+
+async def test_unsettled_deliveries_come_back_when_their_consumer_closes() -> None:
+    # Given a delivery taken and never settled
+    name = f"unit-{new_id()}"
+    first = Client(f"memory://{name}")
+    await first.ensure_topic("t", groups=["g"])
+    await first.publish("t", "orphan")
+    taken = await anext(first.consume("t", group="g"))
+    # When its client closes without settling it
+    await first.close()
+    # Then another consumer of the group receives it again, as a second attempt
+    async with Client(f"memory://{name}") as second:
+        again = await anext(second.consume("t", group="g"))
+        assert (again.message.id, again.attempt) == (taken.message.id, 2)
+        await again.ack()
     MemoryBroker.forget(name)

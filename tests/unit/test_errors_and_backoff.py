@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -37,7 +35,7 @@ def validation_error() -> ValidationError:
 
 @pytest.mark.parametrize(
     "exc",
-    [ConnectionError(), TimeoutError(), asyncio.TimeoutError(), ConnectionFailed("x"),
+    [ConnectionError(), TimeoutError(), TimeoutError(), ConnectionFailed("x"),
      HandlerTimeout("x"), TransientError("x"), OSError("disk")],
 )
 def test_connection_errors_and_timeouts_are_transient(exc: BaseException) -> None:

@@ -43,7 +43,9 @@ def test_unknown_scheme_names_installed_schemes_and_suggests() -> None:
     assert "Did you mean memory://" in text
 
 
-def test_known_scheme_without_its_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_known_scheme_without_its_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Given a scheme registered by entry point whose broker library is not importable
     class FakeEntryPoint:
         name = "kafka"
@@ -58,7 +60,9 @@ def test_known_scheme_without_its_extra_says_what_to_install(monkeypatch: pytest
     assert "confluent_kafka" in str(info.value)
 
 
-def test_scheme_not_installed_at_all_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scheme_not_installed_at_all_gives_the_install_hint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(registry, "entry_points", lambda group: [])
     with pytest.raises(UnknownTransportError, match=r'pip install "mqkit\[nats\]"'):
         registry.create("jetstream://127.0.0.1:4222")

@@ -1,0 +1,1 @@
+"""Raw-client smoke tests: each broker does one real round trip (no mqkit code)."""
