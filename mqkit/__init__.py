@@ -34,7 +34,7 @@ from mqkit.middleware import (
 )
 from mqkit.settings import Settings
 from mqkit.sync import SyncPublisher
-from mqkit.transport import Capabilities, TopicSpec, Transport
+from mqkit.transport import Capabilities, Requirements, TopicSpec, Transport
 
 __all__ = [
     "AlreadySettledError",
@@ -56,6 +56,7 @@ __all__ = [
     "PermanentError",
     "PublishError",
     "RequestTimeout",
+    "Requirements",
     "Retry",
     "RetryPolicy",
     "Settings",

@@ -27,7 +27,7 @@ from mqkit import registry
 from mqkit.client import Client, default_middleware
 from mqkit.memory import MemoryTransport
 from mqkit.message import Delivery, Message
-from mqkit.middleware import Idempotency, Timeout
+from mqkit.middleware import Idempotency
 from mqkit.middleware.base import Handler, Middleware
 from mqkit.stores.memory import MemoryIdempotencyStore
 from mqkit.transport import TopicSpec, Transport
@@ -38,7 +38,6 @@ PREFETCH = 100
 GROUP = "bench"
 PACE_TICK = 0.0005
 """Seconds the paced producer sleeps between bursts in the latency phase."""
-HANDLER_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -229,7 +228,7 @@ class FullStack:
     """(b) ``Client``: logging, dead-letter, retry, idempotency (in memory) and timeout."""
 
     key = "client"
-    label = "(b) Client: logging, dead-letter, retry, idempotency, timeout"
+    label = "(b) Client, full stack: logging, dead-letter, retry, idempotency (memory store)"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -253,7 +252,6 @@ class FullStack:
             _counting(settled),
             *default_middleware(),
             Idempotency(MemoryIdempotencyStore()),
-            Timeout(HANDLER_TIMEOUT),
         ]
 
         @client.subscribe(topic, group=GROUP, middleware=stack)

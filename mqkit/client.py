@@ -32,9 +32,9 @@ from mqkit.errors import ConfigurationError, MessageTooLarge, MqkitError, Reques
 from mqkit.handlers import UserHandler, adapt
 from mqkit.message import Delivery, Message, dlq_topic, new_id
 from mqkit.middleware import DeadLetter, Logging, Retry, RetryPolicy
-from mqkit.middleware.base import Middleware, compose
+from mqkit.middleware.base import Handler, Middleware, compose
 from mqkit.settings import Settings
-from mqkit.transport import RequestReply, TopicSpec, Transport
+from mqkit.transport import RequestReply, Requirements, TopicSpec, Transport
 from mqkit.url import BrokerURL, redact_text
 
 log = logging.getLogger("mqkit.client")
@@ -79,6 +79,9 @@ class Client:
         ] = []
         self._started_batches = 0
         self._started = 0
+        self._requirements: list[tuple[str, str, Requirements]] = []
+        self.failures: list[tuple[Delivery, BaseException]] = []
+        """Every exception a handler raised (retried or not), for tests: see mqkit.testing."""
         self._ensured: set[str] = set()
         self._connected = False
         self._stop = asyncio.Event()
@@ -205,14 +208,19 @@ class Client:
         retry: RetryPolicy | None = None,
         batch_size: int | None = None,
         batch_timeout: float = 0.05,
+        requires: Requirements | None = None,
     ) -> Callable[[F], F]:
         """Decorator: run the async function for each message of ``topic`` in ``group``.
 
         ``middleware`` replaces the client's stack for this subscription; ``retry`` tunes
         the default stack's retry policy. With ``batch_size`` the function takes
         ``list[T]`` and is called with up to that many payloads at once (see
-        ``mqkit.batching``). Handlers start with ``run()`` or ``start()``.
+        ``mqkit.batching``). ``requires`` names what the handler needs from the transport;
+        ``start()`` refuses to run it where the transport cannot promise that. Handlers
+        start with ``run()`` or ``start()``.
         """
+        if requires is not None:
+            self._requirements.append((topic, group, requires))
         if batch_size is not None:
             return self._subscribe_batch(
                 topic, group, batch_size, batch_timeout, prefetch, retry or RetryPolicy()
@@ -271,8 +279,13 @@ class Client:
                 await aclose()
 
     async def start(self) -> None:
-        """Start every registered subscription in the background."""
+        """Start every registered subscription in the background.
+
+        Raises ``ConfigurationError`` before starting anything if a subscription's
+        ``requires`` cannot be met by this transport.
+        """
         await self.connect()
+        self._check_requirements()
         self._stop.clear()
         for spec, func, stack in self._subscriptions[self._started :]:
             self._started += 1
@@ -282,7 +295,7 @@ class Client:
             consumer = Consumer(
                 spec,
                 self.transport.subscribe(spec.topic, spec.group, prefetch=spec.effective_prefetch),
-                compose(adapt(func), stack),
+                compose(self._recording(adapt(func)), stack),
                 reply=self._reply,
                 shutdown_timeout=self.settings.shutdown_timeout,
             )
@@ -307,6 +320,29 @@ class Client:
             batch_consumer.start()
             self._consumers.append(batch_consumer)
             self._started_batches += 1
+
+    def _check_requirements(self) -> None:
+        problems = [
+            f"{topic} (group {group}): {reason}"
+            for topic, group, requires in self._requirements
+            for reason in requires.unmet(self.transport.capabilities)
+        ]
+        if problems:
+            raise ConfigurationError(
+                f"{self.url.scheme}:// cannot run these subscriptions: " + "; ".join(problems)
+            )
+
+    def _recording(self, handler: Handler) -> Handler:
+        failures = self.failures
+
+        async def recorded(delivery: Delivery) -> Any:
+            try:
+                return await handler(delivery)
+            except Exception as exc:
+                failures.append((delivery, exc))
+                raise
+
+        return recorded
 
     async def stop(self) -> None:
         """Graceful stop: stop fetching, finish and settle what is in flight."""

@@ -122,11 +122,11 @@ class Consumer:
             with contextlib.suppress(RuntimeError):  # a generator already closed by the cancel
                 await aclose()
 
-    async def _next(self) -> Delivery | None:
+    async def _next(self, worker: asyncio.Task[Any] | None) -> Delivery | None:
         async with self._fetch_lock:
             if self._stopping:
                 return None
-            self._fetching = asyncio.current_task()
+            self._fetching = worker
             try:
                 delivery = await anext(self._iterator)
             except StopAsyncIteration:
@@ -148,8 +148,9 @@ class Consumer:
 
     async def _work(self) -> None:
         busy = self._busy_keys
+        me = asyncio.current_task()
         while True:
-            delivery = await self._next()
+            delivery = await self._next(me)
             if delivery is None:
                 return
             key = delivery.message.key

@@ -50,6 +50,7 @@ class Message:
     headers: Mapping[str, str] = field(default_factory=dict)
     id: str = field(default_factory=new_id)
     timestamp: float = field(default_factory=time.time)
+    _size: int = field(default=-1, init=False, repr=False, compare=False)
 
     @property
     def idempotency_key(self) -> str | None:
@@ -69,8 +70,11 @@ class Message:
 
     @property
     def size(self) -> int:
-        """Bytes on the wire, roughly: body plus header names and values."""
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers.items())
+        """Bytes on the wire, roughly: body plus header names and values (computed once)."""
+        if self._size < 0:
+            size = len(self.body) + sum(len(k) + len(v) for k, v in self.headers.items())
+            object.__setattr__(self, "_size", size)
+        return self._size
 
     def with_headers(self, **extra: str) -> Message:
         """A copy with ``extra`` headers merged in (underscores become dashes)."""

@@ -62,6 +62,40 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class Requirements:
+    """What a subscriber needs from its transport, checked when the client starts it.
+
+    ``Client.subscribe(..., requires=Requirements(ordered_by_key=True, max_delay=300))``
+    fails at start-up with ``ConfigurationError`` on a transport that cannot promise it,
+    instead of misbehaving in production.
+    """
+
+    ordered_by_key: bool = False
+    persistent: bool = False
+    at_least_once: bool = False
+    native_dead_letter: bool = False
+    max_delay: float | None = None
+    """Longest nack delay the subscriber will ask for, in seconds."""
+
+    def unmet(self, capabilities: Capabilities) -> list[str]:
+        """Human-readable reasons this transport falls short (empty when it does not)."""
+        flags = {
+            name: getattr(self, name)
+            for name in ("ordered_by_key", "persistent", "at_least_once", "native_dead_letter")
+        }
+        reasons = [f"{name} is not offered" for name in capabilities.missing(**flags)]
+        if self.max_delay is not None:
+            if not capabilities.native_delay:
+                reasons.append("delayed redelivery (native_delay) is not offered")
+            elif capabilities.max_delay is not None and capabilities.max_delay < self.max_delay:
+                reasons.append(
+                    f"delays up to {self.max_delay:g}s are needed but the transport allows "
+                    f"{capabilities.max_delay:g}s"
+                )
+        return reasons
+
+
+@dataclass(frozen=True)
 class TopicSpec:
     """What a topic should look like. Adapters map what their broker supports.
 
