@@ -74,6 +74,8 @@ def decode(body: bytes, content_type: str | None, target: Any = Any) -> Any:
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DecodeError(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # a deeply nested "JSON bomb"
+        raise DecodeError("body is JSON nested too deeply to decode") from exc
     if target is Any or target is object:
         return value
     adapter = _adapters.get(target)

@@ -142,3 +142,14 @@ def test_url_without_scheme_is_a_configuration_error() -> None:
 def test_multi_host_urls_parse() -> None:
     u = BrokerURL.parse("kafka://a:1,b:2")
     assert u.hosts == [("a", 1), ("b", 2)] and (u.host, u.port) == ("a", 1)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\xff\xfe\x00", b"[" * 100_000 + b"]" * 100_000,
+     b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00\x8c\x07os.path\x94."],
+    ids=["empty", "invalid-utf8", "nesting-bomb", "pickle-bytes"],
+)
+def test_poison_bodies_are_decode_errors_never_crashes(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode(body, "application/json", dict)
