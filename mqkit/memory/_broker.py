@@ -260,9 +260,15 @@ class Topic:
     fanout: list[Group] = field(default_factory=list)
 
     def append(self, message: Message) -> int:
-        offset = self.base_offset + len(self.log)
-        self.log.append(message)
+        log = self.log
+        offset = self.base_offset + len(log)
+        log.append(message)
         self.timestamps.append(message.timestamp)
+        if len(log) > 2 * DEFAULT_RETENTION_MESSAGES or self.spec.retention_messages:
+            self._trim()
+        return offset
+
+    def _trim(self) -> None:
         limit = self.spec.retention_messages or DEFAULT_RETENTION_MESSAGES
         if len(self.log) > limit * 2:
             # Trim in chunks so retention costs O(1) amortised per message.
@@ -270,7 +276,6 @@ class Topic:
             del self.log[:drop]
             del self.timestamps[:drop]
             self.base_offset += drop
-        return offset
 
     def offset_for_time(self, timestamp: float) -> int:
         return self.base_offset + bisect.bisect_left(self.timestamps, timestamp)
@@ -336,17 +341,23 @@ class MemoryBroker:
         return g2
 
     def publish(self, message: Message) -> None:
-        inbox = self.inboxes.pop(message.topic, None)
-        if inbox is not None:
-            if not inbox.done():
-                inbox.set_result(message)
-            return
+        if self.inboxes:
+            inbox = self.inboxes.pop(message.topic, None)
+            if inbox is not None:
+                if not inbox.done():
+                    inbox.set_result(message)
+                return
         topic = self.topics.get(message.topic) or self.topic(message.topic)
         offset = topic.append(message)
-        copies = self.chaos.duplicate if self.chaos is not None else 1
+        if self.chaos is not None:
+            for g in topic.fanout:
+                for _ in range(self.chaos.duplicate):
+                    g.push(Entry(message, offset))
+            return
         for g in topic.fanout:
-            for _ in range(copies):
-                g.push(Entry(message, offset))
+            g.ready.append(Entry(message, offset))
+            if g._waiters:
+                g._wake()
 
     def seek(self, topic: str, group: str, offset: int) -> None:
         t = self.topic(topic)
