@@ -269,6 +269,7 @@ class Client:
         if not _is_pattern(topic):
             await self.transport.ensure_topic(TopicSpec(topic, groups=(group,)))
         source = self.transport.subscribe(topic, group, prefetch=prefetch)
+        await _attach(source)
         try:
             async for delivery in source:
                 delivery.state["group"] = group
@@ -292,9 +293,13 @@ class Client:
             await self._ensure_dead_letter_topic(spec.topic)
             if not _is_pattern(spec.topic):
                 await self.transport.ensure_topic(TopicSpec(spec.topic, groups=(spec.group,)))
+            source = self.transport.subscribe(
+                spec.topic, spec.group, prefetch=spec.effective_prefetch
+            )
+            await _attach(source)
             consumer = Consumer(
                 spec,
-                self.transport.subscribe(spec.topic, spec.group, prefetch=spec.effective_prefetch),
+                source,
                 compose(self._recording(adapt(func)), stack),
                 reply=self._reply,
                 shutdown_timeout=self.settings.shutdown_timeout,
@@ -307,10 +312,14 @@ class Client:
             await self._ensure_dead_letter_topic(spec.topic)
             if not _is_pattern(spec.topic):
                 await self.transport.ensure_topic(TopicSpec(spec.topic, groups=(spec.group,)))
+            batch_source = self.transport.subscribe(
+                spec.topic, spec.group, prefetch=spec.effective_prefetch
+            )
+            await _attach(batch_source)
             batch_consumer = BatchConsumer(
                 spec.topic,
                 spec.group,
-                self.transport.subscribe(spec.topic, spec.group, prefetch=spec.effective_prefetch),
+                batch_source,
                 func,
                 target,
                 batch_size=size,
@@ -412,6 +421,13 @@ class Client:
             headers[h.CORRELATION_ID] = delivery.message.correlation_id
         headers[h.CAUSATION_ID] = delivery.message.id
         await self.transport.publish((Message(topic=reply_to, body=body, headers=headers),))
+
+
+async def _attach(source: Any) -> None:
+    """Await the subscription's optional ``start()`` (see ``Transport``)."""
+    start = getattr(source, "start", None)
+    if start is not None:
+        await start()
 
 
 def _is_pattern(topic: str) -> bool:

@@ -46,6 +46,8 @@ class Capabilities:
     """A group can be rewound to an earlier position (offset, sequence or time)."""
     transactions: bool = False
     request_reply: bool = False
+    deduplicates: bool = False
+    """The broker drops a repeated idempotency key within its window (JetStream, SQS FIFO)."""
     wildcards: bool = False
     """Subscriptions accept ``*`` (one word) and ``#`` (zero or more words) patterns."""
     max_message_bytes: int = 1024 * 1024
@@ -119,6 +121,11 @@ class Transport(Protocol):
     ``connect`` and ``close`` are safe to call twice. ``publish`` and ``subscribe`` may be
     used from many tasks at once. A subscription ends when its iterator is closed
     (``aclose``) or the transport is closed; unsettled deliveries are then redelivered.
+
+    The iterator ``subscribe`` returns may define ``async start()``: the client awaits it
+    before it reports the subscription started, so a message published after
+    ``Client.start()`` returned reaches it even on brokers that route only to live
+    subscribers (NATS core). Without it, attaching happens on the first ``__anext__``.
     """
 
     capabilities: Capabilities

@@ -50,6 +50,17 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(f"^{regex}$")
 
 
+def pattern_matches(pattern: str, rx: re.Pattern[str], topic: str) -> bool:
+    """Whether a wildcard subscription receives ``topic``.
+
+    Dead-letter topics are left out unless the pattern itself names them: ``orders.#`` must
+    not feed a failing handler its own dead letters in a loop.
+    """
+    if topic.endswith(".dlq") and not pattern.endswith(".dlq"):
+        return False
+    return rx.match(topic) is not None
+
+
 def is_pattern(topic: str) -> bool:
     return any(word in ("*", "#") for word in topic.split("."))
 
@@ -315,7 +326,11 @@ class MemoryBroker:
         topic = self.topics.get(name)
         if topic is None:
             topic = self.topics[name] = Topic(name, spec or TopicSpec(name))
-            topic.fanout.extend(g for rx, g in self.patterns.values() if rx.match(name))
+            topic.fanout.extend(
+                g
+                for (pattern, _), (rx, g) in self.patterns.items()
+                if pattern_matches(pattern, rx, name)
+            )
         elif spec is not None:
             topic.spec = spec
         return topic
@@ -329,7 +344,7 @@ class MemoryBroker:
                 g = Group(group, self)
                 self.patterns[(topic_or_pattern, group)] = (rx, g)
                 for topic in self.topics.values():
-                    if rx.match(topic.name):
+                    if pattern_matches(topic_or_pattern, rx, topic.name):
                         topic.fanout.append(g)
                 return g
             return found[1]

@@ -12,13 +12,14 @@ from typing import Any
 
 from mqkit import headers as h
 from mqkit.errors import Classifier, ErrorKind, default_classifier
-from mqkit.message import Delivery
+from mqkit.message import DLQ_SUFFIX, Delivery
 from mqkit.middleware.base import Handler, group_of
 from mqkit.middleware.retry import EXHAUSTED
 
 log = logging.getLogger("mqkit.deadletter")
 
 PERMANENT = "permanent-error"
+DEAD_LETTER_RETRY_DELAY = 60.0
 
 
 class DeadLetter:
@@ -36,6 +37,18 @@ class DeadLetter:
             except Exception as exc:
                 if delivery.settled is not None:
                     raise
+                if delivery.message.topic.endswith(DLQ_SUFFIX):
+                    # A dead letter failing again has nowhere further to go: leave it in its
+                    # dead-letter topic, and not in a hot loop.
+                    log.error(
+                        "handler failed on dead letter %s in %s; left in place: %s: %s",
+                        delivery.message.id,
+                        delivery.message.topic,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    await delivery.nack(delay=DEAD_LETTER_RETRY_DELAY)
+                    return None
                 if classify(exc) is ErrorKind.PERMANENT:
                     reason = PERMANENT
                 else:

@@ -343,6 +343,7 @@ async def test_dead_letter_after_max_attempts_carries_error_headers(
     assert float(letter.headers[h.DLQ_FAILED_AT]) > 0
 
 
+@requires(retains_unconsumed=True)
 async def test_permanent_error_goes_straight_to_dead_letter(
     client_factory: ClientFactory,
 ) -> None:
@@ -389,11 +390,14 @@ async def test_idempotency_absorbs_duplicates(client_factory: ClientFactory) -> 
             await client.publish(
                 topic, {"payment_id": payment_id}, idempotency_key=f"pay-{payment_id}"
             )
-    await wait_until(lambda: len(handled) >= 9, TIMEOUT)
+    # A broker that de-duplicates by idempotency key (JetStream, SQS FIFO) stores 3 of the 9
+    expected_audit = 3 if client.capabilities.deduplicates else 9
+    await wait_until(lambda: len(handled) >= expected_audit, TIMEOUT)
     await wait_until(lambda: sum(charges.values()) >= 3, TIMEOUT)
     await asyncio.sleep(0.2)
     # Then each payment is charged exactly once
     assert charges == {"p1": 1, "p2": 1, "p3": 1}
+    assert sorted(handled) == sorted(["p1", "p2", "p3"] * (expected_audit // 3))
 
 
 @requires(at_least_once=True)
@@ -432,6 +436,7 @@ async def test_oversize_message_is_a_clear_error(client_factory: ClientFactory) 
         await client.publish(topic_name("big"), b"x" * (limit + 1))
 
 
+@requires(retains_unconsumed=True)
 async def test_malformed_json_is_dead_lettered_and_consumer_keeps_running(
     client_factory: ClientFactory,
 ) -> None:

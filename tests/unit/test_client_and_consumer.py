@@ -174,3 +174,23 @@ async def test_unsettled_deliveries_come_back_when_their_consumer_closes() -> No
         assert (again.message.id, again.attempt) == (taken.message.id, 2)
         await again.ack()
     MemoryBroker.forget(name)
+
+
+async def test_a_failing_wildcard_handler_does_not_eat_its_own_dead_letters(
+    client: Client,
+) -> None:
+    # Given a wildcard subscription whose handler always fails permanently
+    calls: list[str] = []
+
+    @client.subscribe("orders.#", group="g")
+    async def handle(delivery: Delivery) -> None:
+        calls.append(delivery.message.topic)
+        raise ValueError("always")
+
+    await client.start()
+    await client.publish("orders.created", "x")
+    # Then the message is dead-lettered once and the pattern does not receive the dead letter
+    letter = await anext(client.consume("orders.created.dlq", group="mqkit.dlq"))
+    await asyncio.sleep(0.05)
+    assert calls == ["orders.created"]
+    assert letter.message.headers["x-dlq-reason"] == "permanent-error"
