@@ -13,7 +13,6 @@ message is removed from its queue only once its dead-letter copy was confirmed.
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 import traceback
@@ -27,25 +26,13 @@ from mqkit.errors import AlreadySettledError
 DLQ_SUFFIX = ".dlq"
 
 
-_id_prefix = os.urandom(8).hex()
-_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
-
-
-def _new_process_prefix() -> None:
-    global _id_prefix
-    _id_prefix = os.urandom(8).hex()
-
-
-os.register_at_fork(after_in_child=_new_process_prefix)
-
-
 def new_id() -> str:
-    """A fresh, unique message id: 32 hex digits.
+    """A fresh, unique message id: 128 random bits as 32 hex digits.
 
-    64 random bits per process (renewed after fork) then a 64-bit counter: unique without a
-    system call per message. ``uuid.uuid4().hex`` was a third of the in-memory publish path.
+    Every slice of it is random, so ``new_id()[:12]`` is a fine unique suffix.
+    ``os.urandom`` directly costs a third less than ``uuid.uuid4().hex``.
     """
-    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return os.urandom(16).hex()
 
 
 def dlq_topic(topic: str) -> str:
