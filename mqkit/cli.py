@@ -31,6 +31,7 @@ from mqkit import headers as h
 from mqkit.client import Client
 from mqkit.errors import ConfigurationError, MqkitError
 from mqkit.message import Message, dlq_topic, new_id
+from mqkit.saga.cli import saga_app
 from mqkit.transport import TopicSpec
 from mqkit.url import BrokerURL, redact_text, redact_url
 
@@ -45,6 +46,7 @@ app = typer.Typer(
 )
 dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(saga_app, name="saga")
 
 DEFAULT_URL = "memory://"
 Url = Annotated[

@@ -10,7 +10,9 @@ Five steps run against one broker URL (memory:// unless told otherwise):
 4. the payment gateway fails twice with ``ConnectionError``; the payment is retried with
    exponential backoff (redelivered by the broker) and then charged;
 5. a malformed order is dead-lettered at once, an alert consumer sees it, ops inspect the
-   dead-letter topic, a fix is deployed and the dead letter is replayed and billed.
+   dead-letter topic, a fix is deployed and the dead letter is replayed and billed;
+6. the order saga (``mqkit.saga``): one order completes, one fails at payment and its
+   completed steps are compensated in reverse order (release inventory, cancel order).
 
 This module is the logic only: it reports what happens as ``Event``s to a callback and
 returns a ``DemoReport`` whose ``checks`` are the demo's own invariants. ``demo_view``
@@ -84,6 +86,9 @@ class DemoReport:
     dead_lettered: int = 0
     replayed: int = 0
     dlq_left: int = 0
+    sagas: dict[str, str] = field(default_factory=dict)
+    """Order id -> how its saga ended."""
+    saga_compensations: dict[str, list[str]] = field(default_factory=dict)
     groups: dict[str, GroupStats] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
 
@@ -171,6 +176,7 @@ class OrderFlowDemo:
                 await self.step_idempotent_payments()
                 await self.step_retry()
                 await self.step_poison_and_replay()
+                await self.step_order_saga()
                 await self._final_checks()
             finally:
                 await self.workers.close()
@@ -299,6 +305,27 @@ class OrderFlowDemo:
             and all(self.stats(g).duplicates >= 1 for g in ("notifications", "analytics")),
             "the replayed order",
         )
+
+    async def step_order_saga(self) -> None:
+        from mqkit.saga.demo_step import run_order_sagas
+
+        self.emit("demo", "6. Order saga: one completes; one fails at payment and is "
+                  "compensated in reverse order", "step")
+        result = await run_order_sagas(Path(self._tmp.name) / "sagas.db", self.emit)
+        self.report.sagas = {order: state.value for order, state in result.outcomes.items()}
+        self.report.saga_compensations = result.compensations
+        undone = result.compensations.get("o-11", [])
+        self.report.checks.append(Check(
+            "order saga o-10 completed without compensation",
+            self.report.sagas.get("o-10") == "completed" and "o-10" not in result.compensations,
+            self.report.sagas.get("o-10", "not run"),
+        ))
+        self.report.checks.append(Check(
+            "order saga o-11 compensated in reverse: release inventory, then cancel order",
+            self.report.sagas.get("o-11") == "compensated"
+            and undone == ["release-inventory", "cancel-order"],
+            f"{self.report.sagas.get('o-11', 'not run')}: {', '.join(undone) or 'nothing'}",
+        ))
 
     async def _final_checks(self) -> None:
         found = await asyncio.gather(*(

@@ -70,6 +70,10 @@ def summary_table(report: DemoReport) -> Table:
     table.add_row("dead-lettered", str(report.dead_lettered), "")
     table.add_row("replayed from the DLQ", str(report.replayed), "")
     table.add_row("left in dead-letter topics", str(report.dlq_left), "")
+    for order, state in report.sagas.items():
+        undone = report.saga_compensations.get(order, [])
+        table.add_row(f"order saga {order}", state,
+                      f"compensated: {', '.join(undone)}" if undone else "no compensation")
     return table
 
 
