@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -65,8 +64,7 @@ class RemoteCaller:
 
     def __init__(self, client: Client, *, reply_topic: str | None = None) -> None:
         self.client = client
-        # Not new_id()[:12]: new_id() starts with a per-process prefix.
-        self.reply_topic = reply_topic or f"mqkit-saga-replies-{os.urandom(6).hex()}"
+        self.reply_topic = reply_topic or f"mqkit-saga-replies-{new_id()[:12]}"
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
