@@ -209,6 +209,7 @@ class Client:
         batch_size: int | None = None,
         batch_timeout: float = 0.05,
         requires: Requirements | None = None,
+        reply: bool = True,
     ) -> Callable[[F], F]:
         """Decorator: run the async function for each message of ``topic`` in ``group``.
 
@@ -225,7 +226,7 @@ class Client:
             return self._subscribe_batch(
                 topic, group, batch_size, batch_timeout, prefetch, retry or RetryPolicy()
             )
-        spec = SubscriptionSpec(topic, group, concurrency, prefetch)
+        spec = SubscriptionSpec(topic, group, concurrency, prefetch, reply)
         if middleware is not None:
             stack = list(middleware)
         elif self._middleware is not None:
@@ -301,7 +302,7 @@ class Client:
                 spec,
                 source,
                 compose(self._recording(adapt(func)), stack),
-                reply=self._reply,
+                reply=self._reply if spec.reply else None,
                 shutdown_timeout=self.settings.shutdown_timeout,
             )
             consumer.start()

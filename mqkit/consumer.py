@@ -39,6 +39,7 @@ class SubscriptionSpec:
     group: str
     concurrency: int = 8
     prefetch: int | None = None
+    reply: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
