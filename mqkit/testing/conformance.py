@@ -218,7 +218,7 @@ async def test_competing_consumers_split_a_groups_work(client_factory: ClientFac
         @client.subscribe(topic, group="workers", concurrency=2)
         async def handle(n: int, delivery: Delivery, index: int = index) -> None:
             by_client[index].append(n)
-            await asyncio.sleep(0.005)  # hold the slot so the other consumer gets work
+            await asyncio.sleep(0.02)  # hold the slot so the other consumer gets work
 
         await client.start()
     # When messages without keys are published
