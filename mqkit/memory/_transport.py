@@ -45,6 +45,14 @@ class MemoryDelivery(Delivery):
         self._group = group
         self._subscription = subscription
 
+    partition = 0
+    """The memory broker keeps one log per topic: everything is partition 0."""
+
+    @property
+    def offset(self) -> int:
+        """The message's position in its topic's log (what ``seek(offset=...)`` takes)."""
+        return self._entry.offset
+
     def _check_current(self) -> None:
         if not self._group.is_current(self._entry, self._lease):
             self._subscription._settled(self._entry)
