@@ -1,0 +1,148 @@
+"""Settings of the NATS transports, read from the URL's query string and keyword options.
+
+URL: ``nats://[user:password@|token@]host:port[,host2:port2][?option=value...]`` and the same
+with ``jetstream://``. Credentials in the URL (user/password, or a lone token) are passed to
+nats-py; ``nkey_seed`` (a seed string) and ``creds`` (a credentials file path) are options.
+Secrets never appear in ``repr`` or in error messages.
+
+Options (all optional; seconds for durations):
+
+- ``connect_timeout`` (5): give up connecting after this long, with ``ConnectionFailed``;
+- ``request_timeout`` (5): JetStream API calls and PubAcks;
+- ``name``: connection name shown in the server's monitoring;
+- JetStream only: ``ack_wait`` (30), ``max_deliver`` (-1: unlimited, mqkit's retry policy
+  decides), ``duplicate_window`` (120), ``storage`` (``file`` or ``memory``), ``replicas`` (1),
+  ``fetch_wait`` (1: how long one pull request waits for messages; also the longest a
+  closing subscription waits for its last pull), ``max_ack_pending`` (10000),
+  ``msg_id`` (``idempotency-key``: send the idempotency key, else the message id, as
+  ``Nats-Msg-Id``; ``message-id``: always the message id), ``heartbeat`` (ack_wait / 3:
+  how often long handlers' messages are marked in progress).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mqkit.errors import ConfigurationError
+from mqkit.url import BrokerURL
+
+MSG_ID_MODES = ("idempotency-key", "message-id")
+STORAGE = ("file", "memory")
+
+
+def _number(options: dict[str, Any], name: str, default: float, minimum: float) -> float:
+    raw = options.pop(name, default)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"option {name} must be a number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigurationError(f"option {name} must be >= {minimum:g}, got {value:g}")
+    return value
+
+
+@dataclass(frozen=True, repr=False)
+class NatsConfig:
+    """Everything the transports need, checked once when the transport is built."""
+
+    url: BrokerURL
+    servers: list[str]
+    jetstream: bool
+    user: str | None = field(default=None)
+    password: str | None = field(default=None)
+    token: str | None = field(default=None)
+    nkey_seed: str | None = field(default=None)
+    creds: str | None = None
+    name: str | None = None
+    connect_timeout: float = 5.0
+    request_timeout: float = 5.0
+    ack_wait: float = 30.0
+    max_deliver: int = -1
+    duplicate_window: float = 120.0
+    storage: str = "file"
+    replicas: int = 1
+    fetch_wait: float = 1.0
+    max_ack_pending: int = 10_000
+    msg_id: str = "idempotency-key"
+    heartbeat: float = 10.0
+
+    def __repr__(self) -> str:
+        return f"NatsConfig({self.url.safe()!r}, jetstream={self.jetstream})"
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret this config holds, for ``mqkit.url.redact_text``."""
+        return [s for s in (self.password, self.token, self.nkey_seed) if s]
+
+    @classmethod
+    def from_url(cls, url: BrokerURL, options: dict[str, Any]) -> NatsConfig:
+        if url.scheme not in ("nats", "jetstream"):
+            raise ConfigurationError(f"the NATS transports need nats:// or jetstream://, got {url}")
+        merged: dict[str, Any] = {**url.options, **options}
+        hosts = url.hosts or [("127.0.0.1", 4222)]
+        servers = [f"nats://{host or '127.0.0.1'}:{port or 4222}" for host, port in hosts]
+        user = password = token = None
+        if url.username and url.password is not None:
+            user, password = url.username, url.password
+        elif url.username:
+            token = url.username  # nats://TOKEN@host
+        token = merged.pop("token", token)
+        ack_wait = _number(merged, "ack_wait", 30.0, 0.5)
+        storage = str(merged.pop("storage", "file"))
+        if storage not in STORAGE:
+            raise ConfigurationError(f"option storage must be one of {STORAGE}, got {storage!r}")
+        msg_id = str(merged.pop("msg_id", "idempotency-key"))
+        if msg_id not in MSG_ID_MODES:
+            raise ConfigurationError(f"option msg_id must be one of {MSG_ID_MODES}, got {msg_id!r}")
+        max_deliver = int(_number(merged, "max_deliver", -1, -1))
+        if max_deliver == 0:
+            raise ConfigurationError("option max_deliver must be -1 (unlimited) or >= 1")
+        config = cls(
+            url=url,
+            servers=servers,
+            jetstream=url.scheme == "jetstream",
+            user=user,
+            password=password,
+            token=token,
+            nkey_seed=merged.pop("nkey_seed", None),
+            creds=merged.pop("creds", None),
+            name=merged.pop("name", None),
+            connect_timeout=_number(merged, "connect_timeout", 5.0, 0.1),
+            request_timeout=_number(merged, "request_timeout", 5.0, 0.1),
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            duplicate_window=_number(merged, "duplicate_window", 120.0, 0),
+            storage=storage,
+            replicas=int(_number(merged, "replicas", 1, 1)),
+            fetch_wait=_number(merged, "fetch_wait", 1.0, 0.05),
+            max_ack_pending=int(_number(merged, "max_ack_pending", 10_000, 1)),
+            msg_id=msg_id,
+            heartbeat=_number(merged, "heartbeat", ack_wait / 3, 0.05),
+        )
+        if merged:
+            raise ConfigurationError(
+                f"unknown option(s) for {url.scheme}://: {', '.join(sorted(merged))}"
+            )
+        return config
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` (credentials included: never log them)."""
+        kwargs: dict[str, Any] = {
+            "servers": self.servers,
+            "connect_timeout": self.connect_timeout,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+        }
+        if self.name:
+            kwargs["name"] = self.name
+        if self.user is not None:
+            kwargs["user"], kwargs["password"] = self.user, self.password
+        if self.token:
+            kwargs["token"] = self.token
+        if self.nkey_seed:
+            kwargs["nkeys_seed_str"] = self.nkey_seed
+        if self.creds:
+            kwargs["user_credentials"] = self.creds
+        return kwargs

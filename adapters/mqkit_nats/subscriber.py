@@ -1,0 +1,455 @@
+"""Subscriptions: core NATS queue groups and JetStream durable pull consumers.
+
+Core NATS (at most once): one subscription per subject filter, joined to the queue group
+``group`` so members of a group compete and each group sees every message. Messages arrive
+whether or not anyone keeps up; a consumer that falls too far behind is cut off by the server
+(slow consumer) and loses messages. ``ack`` is a no-op; ``nack(delay)`` redelivers *inside this
+subscription only*, from memory (the attempt count grows), so retries and dead-lettering work
+while the process lives; what is waiting for redelivery when the subscription closes is lost
+(logged), as core NATS promises nothing more.
+
+JetStream (at least once): a durable pull consumer per group (explicit ack). One background
+task keeps at most ``prefetch`` messages fetched-or-unsettled; ``ack`` acks, ``nack(delay)``
+naks with that delay, dead-lettering publishes the copy then *terminates* the original (the
+server never redelivers it); ``attempt`` is the server's ``num_delivered``. While a handler
+runs longer than ``heartbeat`` seconds its message is marked in progress (``+WPI``) every
+``heartbeat`` seconds, so AckWait does not expire under it. On ``aclose`` the subscription stops
+pulling, waits for its last pull (at most ``fetch_wait``) and naks what it fetched but never
+handed out, so another consumer gets it at once; deliveries already handed out can still be
+settled. After a reconnect pulling simply resumes: the durable consumer lives on the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from mqkit import headers as h
+from mqkit.errors import ConfigurationError
+from mqkit.message import DeadLetterPublisher, Delivery, Message
+from mqkit_nats.config import NatsConfig
+from mqkit_nats.headers import decode_message
+
+log = logging.getLogger("mqkit.nats")
+
+_STATUS = "Status"
+
+
+def _is_status(msg: Msg) -> bool:
+    return not msg.data and bool(msg.headers) and _STATUS in (msg.headers or {})
+
+
+class _Gate:
+    """An event that many waiters can await and any state change can set."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def open(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float | None = None) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        except TimeoutError:
+            pass
+        self._event.clear()
+
+
+# --- core NATS --------------------------------------------------------------------------------
+
+
+class CoreDelivery(Delivery):
+    __slots__ = ("_raw", "_subscription")
+
+    def __init__(
+        self,
+        message: Message,
+        attempt: int,
+        raw: Msg,
+        subscription: CoreSubscription,
+        dead_letter_publisher: DeadLetterPublisher,
+    ) -> None:
+        super().__init__(message, attempt, dead_letter_publisher)
+        self._raw = raw
+        self._subscription = subscription
+
+    async def _ack(self) -> None:
+        self._subscription._settled()
+
+    async def _nack(self, delay: float | None) -> None:
+        self._subscription._redeliver(self, delay)
+
+
+class CoreSubscription:
+    """Async iterator of deliveries from a core NATS queue group. See the module docstring."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        filters: list[str],
+        group: str,
+        prefetch: int,
+        dead_letter_publisher: DeadLetterPublisher,
+        on_close: Callable[[Any], None],
+    ) -> None:
+        if prefetch < 1:
+            raise ConfigurationError("prefetch must be >= 1")
+        self._nc = nc
+        self._filters = filters
+        self._group = group
+        self._prefetch = prefetch
+        self._dead_letter_publisher = dead_letter_publisher
+        self._on_close = on_close
+        self._subs: list[Subscription] = []
+        self._incoming: asyncio.Queue[Msg] = asyncio.Queue(maxsize=max(prefetch, 1024))
+        self._again: collections.deque[CoreDelivery] = collections.deque()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._unsettled = 0
+        self._gate = _Gate()
+        self._started: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def __aiter__(self) -> CoreSubscription:
+        return self
+
+    def start(self) -> asyncio.Future[None]:
+        """Subscribe (once; the transport starts it as soon as it is created).
+
+        Awaiting the result returns when the server has the subscription: a message
+        published after that reaches it.
+        """
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._subscribe())
+        return self._started
+
+    async def _subscribe(self) -> None:
+        for subject in self._filters:
+            self._subs.append(await self._nc.subscribe(subject, queue=self._group, cb=self._on_msg))
+        await self._nc.flush()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if self._closed:
+            return
+        await self._incoming.put(msg)
+        self._gate.open()
+
+    async def __anext__(self) -> CoreDelivery:
+        await self.start()
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._unsettled < self._prefetch:
+                if self._again:
+                    delivery = self._again.popleft()
+                    redelivered = CoreDelivery(
+                        delivery.message,
+                        delivery.attempt + 1,
+                        delivery._raw,
+                        self,
+                        self._dead_letter_publisher,
+                    )
+                    self._unsettled += 1
+                    return redelivered
+                if not self._incoming.empty():
+                    msg = self._incoming.get_nowait()
+                    self._unsettled += 1
+                    return CoreDelivery(
+                        _decode_core(msg), 1, msg, self, self._dead_letter_publisher
+                    )
+            await self._gate.wait()
+
+    def _settled(self) -> None:
+        self._unsettled -= 1
+        self._gate.open()
+
+    def _redeliver(self, delivery: CoreDelivery, delay: float | None) -> None:
+        self._unsettled -= 1
+        if not delay:
+            self._again.append(delivery)
+            self._gate.open()
+            return
+        loop = asyncio.get_running_loop()
+
+        def due() -> None:
+            self._timers.discard(handle)
+            self._again.append(delivery)
+            self._gate.open()
+
+        handle = loop.call_later(delay, due)
+        self._timers.add(handle)
+
+    async def aclose(self) -> None:
+        """Unsubscribe. What waits for local redelivery is lost (core NATS is at most once)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._gate.open()
+        for timer in self._timers:
+            timer.cancel()
+        lost = len(self._timers) + len(self._again) + self._incoming.qsize()
+        if lost:
+            log.warning(
+                "core NATS subscription %s/%s closed with %d message(s) not handled "
+                "(core NATS is at most once; use jetstream:// to keep them)",
+                ",".join(self._filters), self._group, lost,
+            )
+        self._timers.clear()
+        self._again.clear()
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except (nats.errors.Error, OSError) as exc:
+                log.debug("unsubscribe failed: %s", exc)
+        if self._started is not None and not self._started.done():
+            self._started.cancel()
+        self._on_close(self)
+
+
+def _decode_core(msg: Msg) -> Message:
+    message = decode_message(msg.subject, msg.data, msg.headers)
+    if msg.reply and h.REPLY_TO not in message.headers:
+        # A raw NATS request (nc.request): answer its inbox like an mqkit request.
+        message = message.with_headers(**{h.REPLY_TO: msg.reply})
+    return message
+
+
+# --- JetStream --------------------------------------------------------------------------------
+
+
+class JetStreamDelivery(Delivery):
+    __slots__ = ("_raw", "_subscription", "received_at", "sequence")
+
+    def __init__(
+        self,
+        message: Message,
+        attempt: int,
+        raw: Msg,
+        subscription: JetStreamSubscription,
+        dead_letter_publisher: DeadLetterPublisher,
+        sequence: int,
+    ) -> None:
+        super().__init__(message, attempt, dead_letter_publisher)
+        self._raw = raw
+        self._subscription = subscription
+        self.sequence = sequence
+        """The message's stream sequence (what ``seek(offset=...)`` counts, minus one)."""
+        self.received_at = time.monotonic()
+
+    async def _ack(self) -> None:
+        try:
+            if self.settled == "dead-lettered":
+                await self._raw.term()
+            else:
+                await self._raw.ack()
+        finally:
+            self._subscription._settled(self)
+
+    async def _nack(self, delay: float | None) -> None:
+        try:
+            limit = self._subscription.max_deliver
+            if limit > 0 and self.attempt >= limit:
+                # The server will not redeliver past MaxDeliver: dead-letter instead of
+                # letting the message vanish from the group.
+                await self._publish_dead_letter(
+                    _max_deliver_letter(self.message, self.attempt, limit)
+                )
+                await self._raw.term()
+            else:
+                await self._raw.nak(delay=delay)
+        finally:
+            self._subscription._settled(self)
+
+    async def in_progress(self) -> None:
+        """Tell the server the handler is still working (resets AckWait)."""
+        await self._raw.in_progress()
+
+
+def _max_deliver_letter(message: Message, attempt: int, limit: int) -> Message:
+    from mqkit.message import dead_letter_message
+
+    return dead_letter_message(
+        message, attempt, "max-deliver", extra_headers={"x-nats-max-deliver": str(limit)}
+    )
+
+
+class JetStreamSubscription:
+    """Async iterator of deliveries from a durable pull consumer. See the module docstring."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        bind: Callable[[], Awaitable[tuple[str, str]]],
+        config: NatsConfig,
+        prefetch: int,
+        dead_letter_publisher: DeadLetterPublisher,
+        on_close: Callable[[Any], None],
+    ) -> None:
+        if prefetch < 1:
+            raise ConfigurationError("prefetch must be >= 1")
+        self._js = js
+        self._bind = bind
+        self._config = config
+        self._prefetch = prefetch
+        self._dead_letter_publisher = dead_letter_publisher
+        self._on_close = on_close
+        self.max_deliver = config.max_deliver
+        self._psub: JetStreamContext.PullSubscription | None = None
+        self._buffer: collections.deque[Msg] = collections.deque()
+        self._unsettled: dict[int, JetStreamDelivery] = {}
+        self._gate = _Gate()  # something to hand out, or closed
+        self._capacity = _Gate()  # room to fetch more, or closed
+        self._fetcher: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._start_lock = asyncio.Lock()
+        self._closed = False
+        self.stream = ""
+        self.consumer = ""
+
+    def __aiter__(self) -> JetStreamSubscription:
+        return self
+
+    async def start(self) -> None:
+        """Bind to the durable consumer and start pulling (``__anext__`` does it on first use)."""
+        async with self._start_lock:
+            if self._psub is not None or self._closed:
+                return
+            self.stream, self.consumer = await self._bind()
+            self._psub = await self._js.pull_subscribe_bind(
+                durable=self.consumer, stream=self.stream
+            )
+            self._fetcher = asyncio.create_task(
+                self._fetch_loop(), name=f"mqkit-nats-fetch-{self.stream}-{self.consumer}"
+            )
+            self._ticker = asyncio.create_task(
+                self._heartbeats(), name=f"mqkit-nats-wpi-{self.stream}-{self.consumer}"
+            )
+
+    async def __anext__(self) -> JetStreamDelivery:
+        await self.start()
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            buffer = self._buffer
+            if buffer:
+                return self._deliver(buffer.popleft())
+            await self._gate.wait()
+
+    def _deliver(self, msg: Msg) -> JetStreamDelivery:
+        meta = msg.metadata
+        sequence = meta.sequence.stream
+        message = decode_message(
+            msg.subject,
+            msg.data,
+            msg.headers,
+            fallback_id=f"{meta.stream}:{sequence}",
+            timestamp=meta.timestamp.timestamp() if meta.timestamp else None,
+        )
+        delivery = JetStreamDelivery(
+            message, meta.num_delivered, msg, self, self._dead_letter_publisher, sequence
+        )
+        self._unsettled[id(delivery)] = delivery
+        return delivery
+
+    def _settled(self, delivery: JetStreamDelivery) -> None:
+        self._unsettled.pop(id(delivery), None)
+        self._capacity.open()
+
+    async def _fetch_loop(self) -> None:
+        psub = self._psub
+        assert psub is not None
+        wait = self._config.fetch_wait
+        failures = 0
+        while not self._closed:
+            room = self._prefetch - len(self._buffer) - len(self._unsettled)
+            if room <= 0:
+                await self._capacity.wait()
+                continue
+            try:
+                msgs = await psub.fetch(room, timeout=wait)
+                failures = 0
+            except nats.errors.TimeoutError:
+                continue  # nothing to fetch right now
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Reconnecting, consumer re-created by seek, leadership change...: keep
+                # pulling; the durable consumer keeps every unacked message for us.
+                failures += 1
+                log.warning(
+                    "pulling from %s/%s failed (%s: %s); retrying",
+                    self.stream, self.consumer, type(exc).__name__, exc,
+                )
+                await asyncio.sleep(min(0.05 * 2**failures, 2.0))
+                continue
+            msgs = [m for m in msgs if not _is_status(m)]
+            if self._closed:
+                await _nak_all(msgs)
+                return
+            self._buffer.extend(msgs)
+            self._gate.open()
+
+    async def _heartbeats(self) -> None:
+        every = self._config.heartbeat
+        while not (self._closed and not self._unsettled):
+            await asyncio.sleep(every)
+            due = time.monotonic() - every
+            for delivery in list(self._unsettled.values()):
+                if delivery.received_at <= due and delivery.settled is None:
+                    try:
+                        await delivery.in_progress()
+                    except Exception as exc:  # the ack may still succeed: keep going
+                        log.debug("in-progress for %s failed: %s", delivery.message.id, exc)
+
+    async def aclose(self) -> None:
+        """Stop pulling; nak what was fetched but not handed out. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._gate.open()
+        self._capacity.open()
+        if self._fetcher is not None:
+            try:
+                async with asyncio.timeout(self._config.fetch_wait + 1.0):
+                    await asyncio.shield(self._fetcher)
+            except TimeoutError:
+                self._fetcher.cancel()
+            except Exception as exc:
+                log.debug("fetch loop ended with %s", exc)
+        buffered, self._buffer = list(self._buffer), collections.deque()
+        await _nak_all(buffered)
+        if self._psub is not None:
+            try:
+                await self._psub.unsubscribe()
+            except (nats.errors.Error, OSError, ValueError) as exc:
+                log.debug("unsubscribe failed: %s", exc)
+        if not self._unsettled and self._ticker is not None:
+            self._ticker.cancel()
+        self._on_close(self)
+
+    async def cancel(self) -> None:
+        """Transport closing: stop everything now (unsettled messages return after AckWait)."""
+        await self.aclose()
+        for task in (self._fetcher, self._ticker):
+            if task is not None and not task.done():
+                task.cancel()
+
+
+async def _nak_all(msgs: list[Msg]) -> None:
+    for msg in msgs:
+        try:
+            await msg.nak()
+        except Exception as exc:  # AckWait will bring it back anyway
+            log.debug("nak failed: %s", exc)
