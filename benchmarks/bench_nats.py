@@ -22,11 +22,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import nats
-from mqkit_nats import JetStreamTransport, NatsTransport
 from nats.js import api
 
 from mqkit.message import Message
 from mqkit.transport import TopicSpec
+from mqkit_nats import JetStreamTransport, NatsTransport
 
 NATS_URL = os.environ.get("MQKIT_NATS_URL", "nats://127.0.0.1:4222")
 JS_URL = os.environ.get("MQKIT_JETSTREAM_URL", "jetstream://127.0.0.1:4222")

@@ -26,10 +26,10 @@ import uuid
 from typing import Any
 
 import boto3
-from mqkit_sqs import SqsTransport
 
 from mqkit.message import Message
 from mqkit.transport import TopicSpec
+from mqkit_sqs import SqsTransport
 
 DEFAULT_URL = "sqs://127.0.0.1:5000?region=us-east-1"
 

@@ -190,7 +190,11 @@ class Consumer:
         self.handled += 1
         if delivery.settled is None:
             if self._reply is not None and result is not None:
-                await self._reply(delivery, result)
+                try:
+                    await self._reply(delivery, result)
+                except Exception as exc:
+                    # The work is done: a requester that went away must not undo it.
+                    log.warning("could not send the reply to %s: %s", delivery.message.id, exc)
             await _settle_safely(delivery.ack())
 
 

@@ -5,6 +5,11 @@ Header names are lower-case ASCII with dashes so that they survive brokers that 
 """
 
 IDEMPOTENCY_KEY = "idempotency-key"
+DEDUP_ID = "x-mqkit-dedup-id"
+"""The id a broker de-duplicates publishes by (JetStream Nats-Msg-Id, SQS FIFO
+MessageDeduplicationId). Defaults to the idempotency key; set it apart when a resend must
+reach the consumer (which then de-duplicates by the idempotency key), as a saga command's
+resend after a lost reply must."""
 CORRELATION_ID = "correlation-id"
 CAUSATION_ID = "causation-id"
 CONTENT_TYPE = "content-type"

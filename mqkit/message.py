@@ -57,6 +57,11 @@ class Message:
         return self.headers.get(h.IDEMPOTENCY_KEY)
 
     @property
+    def dedup_id(self) -> str | None:
+        """What a de-duplicating broker should drop repeats of (see ``headers.DEDUP_ID``)."""
+        return self.headers.get(h.DEDUP_ID) or self.headers.get(h.IDEMPOTENCY_KEY)
+
+    @property
     def correlation_id(self) -> str | None:
         return self.headers.get(h.CORRELATION_ID)
 

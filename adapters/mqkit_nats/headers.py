@@ -17,7 +17,6 @@ import time
 from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
-from mqkit import headers as h
 from mqkit.errors import ConfigurationError
 from mqkit.message import Message, new_id
 
@@ -92,5 +91,5 @@ def decode_message(
 def msg_id_for(message: Message, mode: str) -> str:
     """The ``Nats-Msg-Id`` for ``message`` under the ``msg_id`` option."""
     if mode == "idempotency-key":
-        return message.headers.get(h.IDEMPOTENCY_KEY) or message.id
+        return message.dedup_id or message.id
     return message.id

@@ -91,8 +91,8 @@ class Publisher:
             mode = "message-id"
         if mode == "message-id":
             return _safe_id(message.id)
-        if mode == "idempotency" and message.idempotency_key:
-            return _safe_id(message.idempotency_key)
+        if mode == "idempotency" and message.dedup_id:
+            return _safe_id(message.dedup_id)
         return hashlib.sha256(message.body).hexdigest()
 
     async def _publish_topic(self, topic: str, entries: list[_Entry]) -> list[str]:

@@ -32,6 +32,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from mqkit import headers as h
 from mqkit.errors import DecodeError
 from mqkit.message import Delivery, new_id
 from mqkit.middleware import DeadLetter, Logging, Retry, RetryPolicy
@@ -84,7 +85,13 @@ class RemoteCaller:
             await self.client.publish(
                 topic, payload, key=saga_id, idempotency_key=idempotency_key,
                 correlation_id=correlation,
-                headers={REPLY_TO: self.reply_topic, SAGA_ID: saga_id},
+                # A resend must reach the participant even on a de-duplicating broker: the
+                # participant's Idempotency absorbs it and replies again.
+                headers={
+                    REPLY_TO: self.reply_topic,
+                    SAGA_ID: saga_id,
+                    h.DEDUP_ID: f"{idempotency_key}:{correlation}",
+                },
             )
             reply = await waiter
         finally:

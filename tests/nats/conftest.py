@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+
 from mqkit_nats import JetStreamTransport, NatsTransport
 
 Factory = Callable[..., Awaitable[Any]]

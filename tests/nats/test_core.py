@@ -8,13 +8,13 @@ import time
 import nats
 import nats.aio.msg
 import pytest
-from mqkit_nats import NatsTransport
 
 from mqkit import headers as h
 from mqkit.client import Client
 from mqkit.errors import ConfigurationError, ConnectionFailed, RequestTimeout
 from mqkit.message import Delivery, Message
 from mqkit.testing import wait_until
+from mqkit_nats import NatsTransport
 from tests.nats.conftest import Factory
 
 

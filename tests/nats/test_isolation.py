@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import contextlib
 
-from mqkit_nats import JetStreamTransport
-
 from mqkit.testing import conformance
 from mqkit.testing.conformance import ClientFactory
+from mqkit_nats import JetStreamTransport
 from tests.nats.conftest import fresh_topic
 
 

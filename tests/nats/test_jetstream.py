@@ -7,13 +7,13 @@ import time
 
 import nats
 import pytest
-from mqkit_nats import JetStreamDelivery
 from nats.js import api
 
 from mqkit import headers as h
 from mqkit.errors import ConfigurationError, PublishError
 from mqkit.message import Message
 from mqkit.transport import TopicSpec
+from mqkit_nats import JetStreamDelivery
 from tests.nats.conftest import Factory
 
 

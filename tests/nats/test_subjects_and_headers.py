@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from mqkit_nats.headers import decode_message, encode_headers, msg_id_for
-from mqkit_nats.subjects import consumer_name, filters, stream_name, subject
 
 from mqkit.errors import ConfigurationError
 from mqkit.message import Message
+from mqkit_nats.headers import decode_message, encode_headers, msg_id_for
+from mqkit_nats.subjects import consumer_name, filters, stream_name, subject
 
 
 def test_star_maps_to_one_token_and_trailing_hash_to_prefix_plus_gt() -> None:

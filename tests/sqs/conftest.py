@@ -9,9 +9,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import pytest
-from mqkit_sqs import SqsTransport
 
 from mqkit.client import Client
+from mqkit_sqs import SqsTransport
 
 TransportFactory = Callable[..., Awaitable[SqsTransport]]
 ClientMaker = Callable[..., Awaitable[Client]]

@@ -7,14 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from mqkit_sqs import SqsTransport, UnknownTopicError
-from mqkit_sqs.config import SqsConfig
-from mqkit_sqs.publisher import Publisher
-from mqkit_sqs.topology import Topology
 
 from mqkit.errors import ConfigurationError, ConnectionFailed, PublishError
 from mqkit.message import Message
 from mqkit.url import BrokerURL
+from mqkit_sqs import SqsTransport, UnknownTopicError
+from mqkit_sqs.config import SqsConfig
+from mqkit_sqs.publisher import Publisher
+from mqkit_sqs.topology import Topology
 from tests.sqs.conftest import TransportFactory
 
 
