@@ -1,0 +1,102 @@
+"""The codec between mqkit ``Message`` and Kafka records: key, value, headers, timestamp.
+
+On the wire a message is a plain Kafka record, so any Kafka client reads it:
+
+- key: the message key, UTF-8 (None when the message has none);
+- value: the body; None for a tombstone (see ``tombstone``);
+- headers: the message headers, UTF-8, plus ``x-mqkit-id`` (the message id);
+- timestamp: the message timestamp in milliseconds (CreateTime).
+
+Redeliveries through a retry topic add ``x-mqkit-attempt`` (the attempt the copy will be),
+``x-mqkit-topic`` (the original topic) and ``x-mqkit-not-before`` (epoch seconds). These
+internal headers are stripped from ``Message.headers`` on the way in. A record without
+``x-mqkit-id`` (a raw producer's) gets the id ``ce-id`` names, else ``topic:partition:offset``,
+which stays the same on every redelivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mqkit import headers as h
+from mqkit.message import Message
+
+ID = "x-mqkit-id"
+TOPIC = "x-mqkit-topic"
+NOT_BEFORE = "x-mqkit-not-before"
+ATTEMPT = h.ATTEMPT
+TOMBSTONE = "x-mqkit-tombstone"
+"""Set on a ``Message`` to publish a Kafka tombstone (a null value); set on a received one."""
+INTERNAL = frozenset({ID, TOPIC, NOT_BEFORE, ATTEMPT, TOMBSTONE})
+
+RawHeaders = list[tuple[str, str | bytes | None]]
+
+
+def tombstone(topic: str, key: str) -> Message:
+    """A message that deletes ``key`` from a compacted topic (published as a null value)."""
+    return Message(topic=topic, body=b"", key=key, headers={TOMBSTONE: "1"})
+
+
+def is_tombstone(message: Message) -> bool:
+    return message.headers.get(TOMBSTONE) == "1"
+
+
+def encode_headers(message: Message, extra: dict[str, str] | None = None) -> RawHeaders:
+    """Kafka headers for ``message``: its headers plus ``x-mqkit-id``."""
+    out: RawHeaders = [(ID, message.id.encode())]
+    for name, value in message.headers.items():
+        if name != ID and name != TOMBSTONE:
+            out.append((name, value.encode()))
+    if extra:
+        out.extend((name, value.encode()) for name, value in extra.items())
+    return out
+
+
+def encode_value(message: Message) -> bytes | None:
+    return None if is_tombstone(message) else message.body
+
+
+def encode_key(message: Message) -> bytes | None:
+    return None if message.key is None else message.key.encode()
+
+
+def decode_headers(raw: Sequence[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    """All headers as text (undecodable bytes become U+FFFD; a null value becomes "")."""
+    if not raw:
+        return {}
+    return {name: (value.decode("utf-8", "replace") if value else "") for name, value in raw}
+
+
+def decode(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: dict[str, str],
+    timestamp_ms: int,
+) -> tuple[Message, int]:
+    """The ``Message`` for a record and its attempt number (1 unless a retry copy says).
+
+    ``headers`` (from ``decode_headers``) is consumed: internal names are popped from it.
+    """
+    message_id = headers.pop(ID, None) or headers.get("ce-id") or f"{topic}:{partition}:{offset}"
+    attempt = 1
+    if len(headers) > 0 and (ATTEMPT in headers or TOPIC in headers or NOT_BEFORE in headers):
+        topic = headers.pop(TOPIC, topic)
+        headers.pop(NOT_BEFORE, None)
+        attempt_text = headers.pop(ATTEMPT, "")
+        attempt = int(attempt_text) if attempt_text.isdigit() else 1
+    headers.pop(TOMBSTONE, None)
+    public = headers
+    if value is None:
+        public[TOMBSTONE] = "1"
+    message = Message(
+        topic=topic,
+        body=value or b"",
+        key=None if key is None else key.decode("utf-8", "replace"),
+        headers=public,
+        id=message_id,
+        timestamp=timestamp_ms / 1000.0 if timestamp_ms > 0 else 0.0,
+    )
+    return message, attempt

@@ -1,0 +1,180 @@
+"""The producing side: one idempotent librdkafka producer, delivery reports into asyncio.
+
+``publish(batch)`` hands every message to librdkafka (which batches them into produce
+requests) and returns once the last delivery report of the batch arrived: one future per
+batch, not one round trip per message. A dedicated thread polls the producer so delivery
+callbacks never run on (or block) the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from mqkit.errors import MqkitError, PublishError
+from mqkit.message import Message
+from mqkit_kafka.errors import convert
+from mqkit_kafka.headers import encode_headers, encode_key, encode_value
+
+log = logging.getLogger("mqkit.kafka.publisher")
+
+
+class _Batch:
+    """Counts the delivery reports of one batch; resolves its future on the last one.
+
+    ``on_delivery`` runs on the poll thread; the future is completed on the loop.
+    """
+
+    __slots__ = ("_lock", "error", "future", "loop", "partitions", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int, keep: bool) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.remaining = count
+        self.error: KafkaError | None = None
+        self.partitions: list[int] | None = [-1] * count if keep else None
+        self._lock = threading.Lock()
+
+    def callback(self, index: int) -> Any:
+        if self.partitions is None:
+            return self.on_delivery
+
+        def on_delivery(err: KafkaError | None, msg: Any) -> None:
+            if err is None and self.partitions is not None:
+                self.partitions[index] = msg.partition()
+            self.on_delivery(err, msg)
+
+        return on_delivery
+
+    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        with self._lock:
+            if err is not None and self.error is None:
+                self.error = err
+            self.remaining -= 1
+            done = self.remaining == 0
+        if done:
+            self.loop.call_soon_threadsafe(self._resolve)
+
+    def unsent(self, count: int) -> None:
+        """``count`` messages were never handed to librdkafka: expect no report for them."""
+        with self._lock:
+            self.remaining -= count
+            done = self.remaining == 0
+        if done:
+            self.loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+
+class Publisher:
+    """An idempotent producer shared by every publish of one transport.
+
+    Safe to use from many tasks. ``start`` and ``close`` are idempotent; publishing after
+    ``close`` raises ``PublishError``.
+    """
+
+    def __init__(self, conf: dict[str, Any], secrets: list[str]) -> None:
+        self._conf = conf
+        self._secrets = secrets
+        self._producer: Producer | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            raise PublishError("the Kafka transport is not connected (call connect first)")
+        return self._producer
+
+    def start(self) -> None:
+        if self._producer is not None:
+            return
+        try:
+            self._producer = Producer(self._conf)
+        except KafkaException as exc:
+            raise convert(exc, "creating the Kafka producer", secrets=self._secrets) from exc
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, name="mqkit-kafka-producer", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        while not self._stop.is_set():
+            producer.poll(0.05)
+
+    async def publish(self, messages: Sequence[Message], *, partitions: bool = False) -> list[int]:
+        """Send ``messages``; return once every one was acknowledged by the broker (acks=all).
+
+        Raises the converted error of the first failed delivery (``MessageTooLarge``,
+        ``UnknownTopicError``, ``AuthorizationError``, ``PublishError``...). With
+        ``partitions`` it returns the partition each message went to.
+        """
+        if not messages:
+            return []
+        producer = self.producer
+        loop = asyncio.get_running_loop()
+        batch = _Batch(loop, len(messages), partitions)
+        produce = producer.produce
+        sent = 0
+        try:
+            for index, message in enumerate(messages):
+                kwargs = {
+                    "value": encode_value(message),
+                    "key": encode_key(message),
+                    "headers": encode_headers(message),
+                    "timestamp": int(message.timestamp * 1000),
+                    "on_delivery": batch.callback(index),
+                }
+                while True:
+                    try:
+                        produce(message.topic, **kwargs)
+                        break
+                    except BufferError:
+                        # librdkafka's queue is full: let the poll thread drain it.
+                        await asyncio.sleep(0.005)
+                sent += 1
+        except KafkaException as exc:
+            batch.unsent(len(messages) - sent)
+            await batch.future
+            raise convert(
+                exc, f"publishing to {messages[sent].topic!r}", publishing=True,
+                secrets=self._secrets,
+            ) from exc
+        await batch.future
+        if batch.error is not None:
+            raise _delivery_error(batch.error, messages[0].topic, self._secrets)
+        return batch.partitions or []
+
+    async def flush(self, timeout: float) -> int:
+        """Wait for queued messages; returns how many are still undelivered."""
+        if self._producer is None:
+            return 0
+        producer = self._producer
+        return await asyncio.get_running_loop().run_in_executor(None, producer.flush, timeout)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        if self._producer is None:
+            return
+        left = await self.flush(timeout)
+        if left:
+            log.warning("%d message(s) still undelivered when the producer closed", left)
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._producer = None
+        self._thread = None
+
+
+def _delivery_error(err: KafkaError, topic: str, secrets: list[str]) -> MqkitError:
+    exc = KafkaException(err)
+    converted = convert(exc, f"publishing to {topic!r}", publishing=True, secrets=secrets)
+    converted.__cause__ = exc
+    return converted

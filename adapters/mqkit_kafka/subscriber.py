@@ -1,0 +1,681 @@
+"""The consuming side: one consumer-group member per subscription.
+
+A dedicated thread runs the librdkafka consumer (``consume`` blocks, rebalance callbacks run
+inside it) and posts fetched records to the event loop, which owns every other piece of
+state. Deliveries are handed out in partition order, at most ``prefetch`` unsettled at once.
+
+Commits: offsets are *stored* only up to the first unfinished message of each partition
+(``PartitionOffsets``) and librdkafka commits the stored offsets every 500 ms, on revocation
+and on close. A message counts as finished when it was acked, dead-lettered (its copy
+confirmed), or nacked (its retry copy confirmed).
+
+Rebalance (cooperative-sticky): for revoked partitions, records not yet handed out are
+dropped, handlers in flight get ``revoke_timeout`` seconds to settle, then their finished
+prefix is committed synchronously before the partitions go. Settlements that come later are
+ignored: the new owner redelivers those messages (duplicates only from in-flight work).
+
+Retries: ``nack(delay)`` publishes a copy (same id, attempt + 1, not-before time) to the
+group's retry topic ``<topic>.mqkit-retry.<group>``, which the same subscription reads, and
+only then finishes the original. The copy is held in memory until its not-before time, so the
+original partition never blocks, and a redelivery never comes early, even after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from mqkit.errors import ConfigurationError, MqkitError
+from mqkit.message import Delivery, Message
+from mqkit_kafka.config import KafkaConfig
+from mqkit_kafka.errors import _AUTHZ, convert
+from mqkit_kafka.headers import ATTEMPT, NOT_BEFORE, TOPIC, decode, decode_headers
+from mqkit_kafka.offsets import PartitionOffsets
+from mqkit_kafka.publisher import Publisher
+
+log = logging.getLogger("mqkit.kafka.subscriber")
+
+TP = tuple[str, int]
+_FETCH_BATCH = 5000  # records per consume call: one GIL hand-over for many records
+Record = Any  # confluent_kafka.Message (not constructible from Python)
+
+
+class KafkaDelivery(Delivery):
+    """A record of a Kafka partition. ``partition`` and ``offset`` say where it came from."""
+
+    __slots__ = ("_part", "_sub", "offset", "partition", "source_topic")
+
+    def __init__(
+        self,
+        message: Message,
+        attempt: int,
+        sub: Subscription,
+        part: PartitionOffsets,
+        tp: TP,
+        offset: int,
+    ) -> None:
+        super().__init__(message, attempt, sub.dead_letter_publisher)
+        self._sub = sub
+        self._part = part
+        self.source_topic, self.partition = tp
+        self.offset = offset
+
+    async def _ack(self) -> None:
+        self._sub._finish(self, done=True)
+
+    async def _nack(self, delay: float | None) -> None:
+        await self._sub._redeliver(self, delay)
+
+
+class Subscription:
+    """An async iterator of ``KafkaDelivery`` for one member of ``group`` on ``topic``.
+
+    Not shared between tasks for iteration; deliveries may be settled from any task of the
+    loop. ``aclose`` stops fetching, commits what finished and leaves the group; deliveries
+    not settled by then are redelivered to the group. Iterating after ``aclose`` ends at once.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        publisher: Publisher,
+        topic: str,
+        retry_topic: str,
+        group: str,
+        prefetch: int,
+        prepare: Callable[[], Awaitable[None]],
+        on_close: Callable[[Subscription], None],
+        extra_conf: dict[str, Any] | None = None,
+    ) -> None:
+        if prefetch < 1:
+            raise ConfigurationError("prefetch must be >= 1")
+        self.topic = topic
+        self.retry_topic = retry_topic
+        self.group = group
+        self._config = config
+        self._publisher = publisher
+        self._prefetch = prefetch
+        self._prepare = prepare
+        self._on_close = on_close
+        self._conf = config.consumer_conf(group, **(extra_conf or {}))
+        self._conf["error_cb"] = self._on_client_error
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: deque[tuple[Record, PartitionOffsets]] = deque()
+        self._parts: dict[TP, PartitionOffsets] = {}
+        self._held: dict[tuple[TP, int], asyncio.TimerHandle] = {}
+        self._unsettled = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._idle: asyncio.Future[None] | None = None
+        self._error: MqkitError | None = None
+        self._dirty: set[TP] = set()
+        self._flush_scheduled = False
+        self._assigned = asyncio.Event()
+        self._started = False
+        self._closed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_done: asyncio.Future[None] | None = None
+        self._consumer: Consumer | None = None
+        self._commands: queue.SimpleQueue[tuple[asyncio.Future[None], int | None, float | None]]
+        self._commands = queue.SimpleQueue()
+        self._posted = 0  # written by the thread
+        self._taken = 0  # written by the loop
+        self._paused = False  # thread only
+        self._room = threading.Event()  # set by the loop when the buffer drained
+        self._want_room = False
+        self._store_lock = threading.Lock()
+        self._to_store: dict[TP, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<kafka Subscription {self.topic!r} group={self.group!r}>"
+
+    # --- the iterator -----------------------------------------------------------------
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> KafkaDelivery:
+        if not self._started:
+            await self.start()
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise StopAsyncIteration
+            delivery = self._next_ready()
+            if delivery is not None:
+                return delivery
+            await self._wait()
+
+    async def take(self, max_items: int, timeout: float) -> list[KafkaDelivery]:
+        """Up to ``max_items`` deliveries: waits at most ``timeout`` seconds for the first,
+        then returns what is ready (the batch path: one wake-up for many records)."""
+        if not self._started:
+            await self.start()
+        out: list[KafkaDelivery] = []
+        deadline = time.monotonic() + timeout
+        while not out:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                return out
+            while len(out) < max_items:
+                delivery = self._next_ready()
+                if delivery is None:
+                    break
+                out.append(delivery)
+            if out:
+                return out
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return out
+            try:
+                async with asyncio.timeout(left):
+                    await self._wait()
+            except TimeoutError:
+                return out
+        return out
+
+    def _next_ready(self) -> KafkaDelivery | None:
+        ready = self._ready
+        while ready and self._unsettled < self._prefetch:
+            record, part = ready.popleft()
+            self._taken += 1
+            if self._want_room:
+                self._drained()
+            if part.closed:
+                continue
+            return self._delivery(record, part)
+        return None
+
+    async def _wait(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._waiter = waiter = loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _delivery(self, record: Record, part: PartitionOffsets) -> KafkaDelivery:
+        tp = (record.topic(), record.partition())
+        offset = record.offset()
+        headers = decode_headers(record.headers())
+        _, ts = record.timestamp()
+        message, attempt = decode(
+            tp[0], tp[1], offset, record.key(), record.value(), headers, ts
+        )
+        part.active += 1
+        self._unsettled += 1
+        return KafkaDelivery(message, attempt, self, part, tp, offset)
+
+    # --- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        """Check the topics, start the consumer thread and join the group. Idempotent."""
+        if self._started:
+            return
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._prepare()
+        except BaseException:
+            self._closed = True
+            self._on_close(self)
+            raise
+        self._thread_done = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, name=f"mqkit-kafka-{self.topic}-{self.group}", daemon=True
+        )
+        self._thread.start()
+
+    async def wait_assigned(self, timeout: float = 30.0) -> None:
+        """Until this member owns at least one partition (tests, warm-up)."""
+        if not self._started:
+            await self.start()
+        async with asyncio.timeout(timeout):
+            await self._assigned.wait()
+
+    @property
+    def assignment(self) -> list[TP]:
+        """The partitions this member owns now."""
+        return sorted(self._parts)
+
+    async def aclose(self) -> None:
+        """Stop fetching, commit what finished, leave the group. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake()
+        for handle in self._held.values():
+            handle.cancel()
+        self._held.clear()
+        if self._thread is not None and self._thread_done is not None:
+            self._flush_offsets()
+            self._stop.set()
+            self._room.set()
+            try:
+                await asyncio.shield(self._thread_done)
+            finally:
+                self._thread = None
+        self._on_close(self)
+
+    # --- settlement (loop thread) -----------------------------------------------------
+    @property
+    def dead_letter_publisher(self) -> Callable[[Message], Awaitable[None]]:
+        return self._publish_one
+
+    async def _publish_one(self, message: Message) -> None:
+        await self._publisher.publish((message,))
+
+    def _finish(self, delivery: KafkaDelivery, *, done: bool) -> None:
+        part = delivery._part
+        self._unsettled -= 1
+        part.active -= 1
+        if not part.closed and done and part.done(delivery.offset):
+            self._dirty.add((delivery.source_topic, delivery.partition))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._flush_offsets)
+        idle = self._idle
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+        self._wake()
+
+    async def _redeliver(self, delivery: KafkaDelivery, delay: float | None) -> None:
+        message = delivery.message
+        extra = {ATTEMPT: str(delivery.attempt + 1), TOPIC: message.topic}
+        if delay:
+            extra[NOT_BEFORE] = f"{time.time() + delay:.6f}"
+        copy = Message(
+            topic=self.retry_topic,
+            body=message.body,
+            key=message.key,
+            headers={**message.headers, **extra},
+            id=message.id,
+            timestamp=message.timestamp,
+        )
+        try:
+            await self._publisher.publish((copy,))
+        except BaseException:
+            # Not finished: the offset stays uncommitted and the message comes back after
+            # the next rebalance or restart.
+            self._finish(delivery, done=False)
+            raise
+        self._finish(delivery, done=True)
+
+    def _flush_offsets(self) -> None:
+        """Hand the committable offsets of finished partitions to the consumer thread, which
+        stores them (librdkafka then auto-commits them). Consumer calls stay on its thread."""
+        self._flush_scheduled = False
+        if not self._dirty:
+            return
+        with self._store_lock:
+            for tp in self._dirty:
+                part = self._parts.get(tp)
+                if part is not None and not part.closed and part.committable is not None:
+                    self._to_store[tp] = part.committable
+        self._dirty.clear()
+
+    def _store_offsets(self, consumer: Consumer) -> None:
+        with self._store_lock:
+            pending, self._to_store = self._to_store, {}
+        if not pending:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in pending.items()]
+        try:
+            consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:  # partition just revoked: the new owner redelivers
+            log.debug("could not store offsets on %s: %s", self.topic, exc)
+
+    # --- records and rebalances (posted by the thread, run on the loop) -------------------
+    def _on_records(self, records: list[Record]) -> None:
+        now = time.time()
+        parts = self._parts
+        ready = self._ready
+        retry_topic = self.retry_topic
+        for record in records:
+            tp = (record.topic(), record.partition())
+            part = parts.get(tp)
+            if part is None or part.closed:
+                self._taken += 1
+                continue
+            part.add(record.offset())
+            if tp[0] == retry_topic:
+                not_before = _not_before(record)
+                if not_before > now:
+                    self._hold(record, part, not_before)
+                    continue
+            ready.append((record, part))
+        self._wake()
+
+    def _hold(self, record: Record, part: PartitionOffsets, not_before: float) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._taken += 1  # not in the buffer: does not count against max_buffered
+        part.held += 1
+        key = ((record.topic(), record.partition()), record.offset())
+        delay = max(0.0, not_before - time.time())
+        self._held[key] = loop.call_later(delay, self._release, record, part, not_before)
+
+    def _release(self, record: Record, part: PartitionOffsets, not_before: float) -> None:
+        key = ((record.topic(), record.partition()), record.offset())
+        self._held.pop(key, None)
+        if part.closed or self._closed:
+            return
+        left = not_before - time.time()
+        if left > 0:  # timers may fire a hair early: never redeliver before the time asked
+            assert self._loop is not None
+            self._held[key] = self._loop.call_later(left, self._release, record, part, not_before)
+            return
+        part.held -= 1
+        self._taken -= 1  # back in the buffer
+        self._ready.append((record, part))
+        self._wake()
+
+    def _assigned_partitions(self, tps: list[TP]) -> None:
+        for tp in tps:
+            if tp not in self._parts:
+                self._parts[tp] = PartitionOffsets()
+        self._assigned.set()
+
+    async def _revoked(self, tps: list[TP], *, commit: bool) -> list[tuple[str, int, int]]:
+        gone = set(tps)
+        parts = [p for tp in tps if (p := self._parts.get(tp)) is not None]
+        kept: deque[tuple[Record, PartitionOffsets]] = deque()
+        for item in self._ready:
+            if (item[0].topic(), item[0].partition()) in gone:
+                self._taken += 1
+            else:
+                kept.append(item)
+        self._ready = kept
+        self._drained()
+        for key in [k for k in self._held if k[0] in gone]:
+            self._held.pop(key).cancel()
+        if commit and not self._closed:
+            await self._wait_idle(parts, self._config.revoke_timeout)
+        out: list[tuple[str, int, int]] = []
+        for tp in tps:
+            part = self._parts.pop(tp, None)
+            if part is None:
+                continue
+            part.closed = True
+            self._dirty.discard(tp)
+            if commit and part.committable is not None:
+                out.append((tp[0], tp[1], part.committable))
+        if not self._parts:
+            self._assigned.clear()
+        return out
+
+    async def _wait_idle(self, parts: list[PartitionOffsets], timeout: float) -> None:
+        loop = self._loop
+        assert loop is not None
+        deadline = loop.time() + timeout
+        while any(p.active for p in parts):
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning(
+                    "%s/%s: handlers still running on revoked partitions after %.1fs; "
+                    "their messages will be redelivered to the new owner",
+                    self.topic, self.group, timeout,
+                )
+                return
+            self._idle = idle = loop.create_future()
+            try:
+                async with asyncio.timeout(left):
+                    await idle
+            except TimeoutError:
+                pass
+            finally:
+                self._idle = None
+
+    def _after_seek(self, targets: list[tuple[str, int, int]]) -> None:
+        reset = {(t, p) for t, p, _ in targets}
+        for tp in reset:
+            old = self._parts.get(tp)
+            if old is not None:
+                old.closed = True
+                self._parts[tp] = PartitionOffsets()
+            self._dirty.discard(tp)
+        kept: deque[tuple[Record, PartitionOffsets]] = deque()
+        for item in self._ready:
+            if (item[0].topic(), item[0].partition()) in reset:
+                self._taken += 1
+            else:
+                kept.append(item)
+        self._ready = kept
+        self._drained()
+
+    def _fail(self, error: MqkitError) -> None:
+        if self._error is None:
+            self._error = error
+        self._wake()
+
+    # --- seek -------------------------------------------------------------------------
+    async def seek(self, *, offset: int | None = None, timestamp: float | None = None) -> None:
+        """Move every partition of ``topic`` this member owns to ``offset`` (the same number
+        in each partition) or to the first message at or after ``timestamp`` (epoch seconds).
+        The new position is committed before this returns."""
+        if (offset is None) == (timestamp is None):
+            raise ConfigurationError("seek needs exactly one of offset or timestamp")
+        if offset is not None and offset < 0:
+            raise ConfigurationError("seek offset must be >= 0")
+        if not self._started:
+            await self.start()
+        await self.wait_assigned(self._config.connect_timeout * 6)
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._commands.put((done, offset, timestamp))
+        await done
+
+    # --- the consumer thread ----------------------------------------------------------
+    def _post(self, callback: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self._stop.set()
+
+    def _run(self) -> None:
+        try:
+            consumer = Consumer(self._conf)
+        except KafkaException as exc:
+            self._post(self._fail, convert(exc, "creating the Kafka consumer",
+                                           secrets=self._config.secrets))
+            self._post(_resolve, self._thread_done)
+            return
+        self._consumer = consumer
+        try:
+            consumer.subscribe(
+                [self.topic, self.retry_topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            while not self._stop.is_set():
+                self._run_commands(consumer)
+                self._store_offsets(consumer)
+                records = consumer.consume(_FETCH_BATCH, 0.1)
+                if records:
+                    good = []
+                    for record in records:
+                        err = record.error()
+                        if err is None:
+                            good.append(record)
+                        else:
+                            self._on_client_error(err)
+                    if good:
+                        self._posted += len(good)
+                        self._post(self._on_records, good)
+                self._flow(consumer)
+        except Exception as exc:
+            self._post(self._fail, convert(exc, f"consuming {self.topic!r}",
+                                           secrets=self._config.secrets))
+        finally:
+            self._fail_commands(consumer)
+            self._store_offsets(consumer)
+            try:
+                consumer.close()  # revokes (commits what finished) and leaves the group
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the Kafka consumer of %s: %s", self.topic, exc)
+            self._consumer = None
+            self._post(_resolve, self._thread_done)
+
+    def _flow(self, consumer: Consumer) -> None:
+        """Back-pressure. Past ``max_buffered`` fetched-but-not-handed-out records the thread
+        waits (up to a second) for the loop to drain half of them; only a buffer that stays
+        full pauses the partitions (pausing drops librdkafka's prefetched data, which is
+        cheap for a slow consumer but would throttle a fast one)."""
+        limit = self._config.max_buffered
+        buffered = self._posted - self._taken
+        if buffered <= limit:
+            if self._paused and buffered < limit // 2:
+                consumer.resume(consumer.assignment())
+                self._paused = False
+            return
+        if self._paused:
+            consumer.pause(consumer.assignment())  # again each time: covers new partitions
+            return
+        self._room.clear()
+        self._want_room = True
+        try:
+            if self._posted - self._taken > limit and not self._room.wait(1.0):
+                consumer.pause(consumer.assignment())
+                self._paused = True
+        finally:
+            self._want_room = False
+
+    def _drained(self) -> None:
+        if self._want_room and self._posted - self._taken <= self._config.max_buffered // 2:
+            self._room.set()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._post(self._assigned_partitions, [(p.topic, p.partition) for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._revoke_in_thread(consumer, partitions, commit=True)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._revoke_in_thread(consumer, partitions, commit=False)
+
+    def _revoke_in_thread(
+        self, consumer: Consumer, partitions: list[TopicPartition], *, commit: bool
+    ) -> None:
+        loop = self._loop
+        if loop is None or not partitions:
+            return
+        tps = [(p.topic, p.partition) for p in partitions]
+        if loop.is_closed():
+            return
+        revoked = self._revoked(tps, commit=commit)
+        try:
+            future = asyncio.run_coroutine_threadsafe(revoked, loop)
+        except RuntimeError:  # the loop closed meanwhile: commit nothing
+            revoked.close()
+            return
+        try:
+            offsets = future.result(self._config.revoke_timeout + 5)
+        except Exception as exc:
+            log.warning("revoking %s partitions without committing: %r", self.topic, exc)
+            return
+        with self._store_lock:
+            for tp in tps:
+                self._to_store.pop(tp, None)
+        if not offsets:
+            return
+        committed = [TopicPartition(t, p, o) for t, p, o in offsets]
+        try:
+            consumer.store_offsets(offsets=committed)
+            consumer.commit(offsets=committed, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("committing revoked partitions of %s failed: %s", self.topic, exc)
+
+    def _run_commands(self, consumer: Consumer) -> None:
+        while True:
+            try:
+                done, offset, timestamp = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                targets = self._seek_targets(consumer, offset, timestamp)
+                for tp in targets:
+                    consumer.seek(tp)
+                self._post(self._after_seek, [(t.topic, t.partition, t.offset) for t in targets])
+                if targets:
+                    consumer.store_offsets(offsets=targets)
+                    consumer.commit(offsets=targets, asynchronous=False)
+                self._post(_resolve, done)
+            except Exception as exc:
+                error = convert(exc, f"seeking {self.topic!r}", secrets=self._config.secrets)
+                self._post(_reject, done, error)
+
+    def _seek_targets(
+        self, consumer: Consumer, offset: int | None, timestamp: float | None
+    ) -> list[TopicPartition]:
+        owned = [tp for tp in consumer.assignment() if tp.topic == self.topic]
+        if timestamp is None:
+            assert offset is not None
+            return [TopicPartition(tp.topic, tp.partition, offset) for tp in owned]
+        wanted = [TopicPartition(tp.topic, tp.partition, int(timestamp * 1000)) for tp in owned]
+        found = consumer.offsets_for_times(wanted, timeout=self._config.connect_timeout)
+        targets = []
+        for tp in found:
+            if tp.offset < 0:  # no message at or after the time: the end of the partition
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=self._config.connect_timeout
+                )
+                tp = TopicPartition(tp.topic, tp.partition, high)
+            targets.append(tp)
+        return targets
+
+    def _fail_commands(self, consumer: Consumer) -> None:
+        while True:
+            try:
+                done, _, _ = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            self._post(_reject, done, MqkitError(f"the subscription to {self.topic} closed"))
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        """librdkafka errors: fatal ones and authorization end the subscription; the rest
+        (broker down, leader moves) are retried by librdkafka itself and only logged."""
+        if err.fatal() or err.code() in _AUTHZ:
+            error = convert(KafkaException(err), f"consuming {self.topic!r}",
+                            secrets=self._config.secrets)
+            self._post(self._fail, error)
+            return
+        log.warning("kafka consumer of %s/%s: %s", self.topic, self.group, err.str())
+
+
+def _not_before(record: Record) -> float:
+    for name, value in record.headers() or ():
+        if name == NOT_BEFORE and value:
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+def _reject(future: asyncio.Future[None], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

@@ -1,0 +1,89 @@
+"""Broker-free units: murmur2 against Java, offset tracking, URL options and redaction."""
+
+from __future__ import annotations
+
+import pytest
+
+from mqkit.errors import ConfigurationError
+from mqkit.url import BrokerURL
+from mqkit_kafka import KafkaTransport, java_partition, murmur2, retry_topic
+from mqkit_kafka.config import KafkaConfig
+from mqkit_kafka.offsets import PartitionOffsets
+
+# Values from Kafka's own UtilsTest.testMurmur2 (the Java client).
+JAVA_MURMUR2 = {
+    "21": -973932308,
+    "foobar": -790332482,
+    "a-little-bit-long-string": -985981536,
+    "a-little-bit-longer-string": -1486304829,
+    "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    "abc": 479470107,
+}
+
+
+@pytest.mark.parametrize(("key", "expected"), JAVA_MURMUR2.items())
+def test_murmur2_matches_the_java_client(key: str, expected: int) -> None:
+    assert murmur2(key.encode()) == expected
+
+
+def test_java_partition_is_positive_murmur2_mod_n() -> None:
+    # toPositive(-973932308) % 7, computed the Java way
+    assert java_partition("21", 7) == (-973932308 & 0x7FFFFFFF) % 7
+    assert all(0 <= java_partition(f"k{i}", 5) < 5 for i in range(100))
+
+
+def test_offsets_commit_only_the_finished_prefix() -> None:
+    # Given offsets 10..14 handed out
+    part = PartitionOffsets()
+    for offset in range(10, 15):
+        part.add(offset)
+    # When 12 and 13 finish first, nothing can be committed yet
+    assert part.done(12) is False and part.done(13) is False
+    assert part.committable is None
+    # Then finishing 10 commits up to 11; finishing 11 jumps past 12 and 13
+    assert part.done(10) is True and part.committable == 11
+    assert part.done(11) is True and part.committable == 14
+    assert part.unfinished == 1
+
+
+def test_offsets_must_be_added_in_order() -> None:
+    part = PartitionOffsets()
+    part.add(5)
+    with pytest.raises(ValueError):
+        part.add(5)
+
+
+def test_url_options_split_between_mqkit_librdkafka_and_sides() -> None:
+    url = BrokerURL.parse(
+        "kafka://app:s3cret@h1:9093,h2?partitions=6&security.protocol=SASL_SSL"
+        "&producer.linger.ms=20&consumer.fetch.wait.max.ms=50"
+    )
+    config = KafkaConfig.from_url(url)
+    assert config.bootstrap == "h1:9093,h2:9092"
+    assert config.partitions == 6
+    assert config.producer_conf()["linger.ms"] == "20"
+    assert config.consumer_conf("g")["fetch.wait.max.ms"] == "50"
+    assert config.common["security.protocol"] == "SASL_SSL"
+    assert config.common["sasl.username"] == "app"
+    assert config.producer_conf()["enable.idempotence"] is True
+    assert config.producer_conf()["acks"] == "all"
+    assert config.producer_conf()["partitioner"] == "murmur2_random"
+
+
+def test_secrets_never_show_in_reprs() -> None:
+    transport = KafkaTransport(
+        BrokerURL.parse("kafka://app:s3cret@h1:9093?sasl.password=s3cret&ssl.key.password=k3y")
+    )
+    shown = repr(transport) + repr(transport.config) + str(transport.url)
+    assert "s3cret" not in shown and "k3y" not in shown
+
+
+def test_unknown_option_is_a_clear_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="unknown kafka:// option 'partitons'"):
+        KafkaConfig.from_url(BrokerURL.parse("kafka://h:9092?partitons=3"))
+
+
+def test_retry_topic_is_per_group_and_a_legal_kafka_name() -> None:
+    assert retry_topic("orders", "billing") == "orders.mqkit-retry.billing"
+    assert retry_topic("orders", "a b/c") == "orders.mqkit-retry.a_b_c"
+    assert len(retry_topic("t" * 240, "g" * 100)) <= 249
