@@ -110,6 +110,12 @@ def topic_name(what: str) -> str:
     return f"conf.{what}.{new_id()[:12]}"
 
 
+def group_name(topic: str, name: str) -> str:
+    """A group name unique to the test: on Kafka group ids are cluster-wide, and a shared
+    one would rebalance between concurrent runs of the suite."""
+    return f"{name}-{topic.rsplit('.', 1)[-1]}"
+
+
 async def drain_dlq(client: Client, topic: str, count: int) -> list[Message]:
     """Read (and ack) ``count`` dead letters of ``topic``."""
     letters: list[Message] = []
@@ -140,7 +146,7 @@ async def test_round_trip_with_unicode_headers_and_keys(client_factory: ClientFa
     topic = topic_name("roundtrip")
     got: list[tuple[dict[str, Any], Delivery]] = []
 
-    @client.subscribe(topic, group="g")
+    @client.subscribe(topic, group=group_name(topic, "g"))
     async def handle(payload: dict[str, Any], delivery: Delivery) -> None:
         got.append((payload, delivery))
 
@@ -173,7 +179,7 @@ async def test_many_messages_none_lost_none_duplicated(client_factory: ClientFac
     topic = topic_name("many")
     counts: Counter[int] = Counter()
 
-    @client.subscribe(topic, group="g", concurrency=16)
+    @client.subscribe(topic, group=group_name(topic, "g"), concurrency=16)
     async def handle(n: int) -> None:
         counts[n] += 1
 
@@ -196,7 +202,7 @@ async def test_two_groups_each_see_every_message(client_factory: ClientFactory) 
 
     for group in ("billing", "analytics"):
 
-        @client.subscribe(topic, group=group)
+        @client.subscribe(topic, group=group_name(topic, group))
         async def handle(n: int, delivery: Delivery, group: str = group) -> None:
             seen[group].append(n)
 
@@ -215,7 +221,7 @@ async def test_competing_consumers_split_a_groups_work(client_factory: ClientFac
     by_client: dict[int, list[int]] = {1: [], 2: []}
     for index, client in ((1, first), (2, second)):
 
-        @client.subscribe(topic, group="workers", concurrency=2)
+        @client.subscribe(topic, group=group_name(topic, "workers"), concurrency=2)
         async def handle(n: int, delivery: Delivery, index: int = index) -> None:
             by_client[index].append(n)
             await asyncio.sleep(0.02)  # hold the slot so the other consumer gets work
@@ -237,7 +243,7 @@ async def test_order_per_key(client_factory: ClientFactory) -> None:
     active: set[str] = set()
     overlaps: list[str] = []
 
-    @client.subscribe(topic, group="g", concurrency=8)
+    @client.subscribe(topic, group=group_name(topic, "g"), concurrency=8)
     async def handle(item: dict[str, Any]) -> None:
         key = item["key"]
         if key in active:
@@ -261,10 +267,10 @@ async def test_nack_redelivers(client_factory: ClientFactory) -> None:
     client = await client_factory()
     topic = topic_name("nack")
     attempts: list[int] = []
-    await client.ensure_topic(topic, groups=["g"])
+    await client.ensure_topic(topic, groups=[group_name(topic, "g")])
     await client.publish(topic, "hello")
     async with asyncio.timeout(TIMEOUT):
-        consumer = client.consume(topic, group="g")
+        consumer = client.consume(topic, group=group_name(topic, "g"))
         delivery = await anext(consumer)
         attempts.append(delivery.attempt)
         await delivery.nack()
@@ -280,9 +286,9 @@ async def test_nack_redelivers(client_factory: ClientFactory) -> None:
 async def test_delay_is_not_shortened(client_factory: ClientFactory) -> None:
     client = await client_factory()
     topic = topic_name("delay")
-    await client.ensure_topic(topic, groups=["g"])
+    await client.ensure_topic(topic, groups=[group_name(topic, "g")])
     await client.publish(topic, "later")
-    consumer = client.consume(topic, group="g")
+    consumer = client.consume(topic, group=group_name(topic, "g"))
     async with asyncio.timeout(TIMEOUT):
         delivery = await anext(consumer)
         nacked_at = time.monotonic()
@@ -302,8 +308,9 @@ async def test_attempts_are_counted(client_factory: ClientFactory) -> None:
     topic = topic_name("attempts")
     attempts: list[int] = []
 
-    @client.subscribe(topic, group="g", retry=RetryPolicy(max_attempts=4, base_delay=0.01,
-                                                         max_delay=0.05))
+    policy = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
+
+    @client.subscribe(topic, group=group_name(topic, "g"), retry=policy)
     async def handle(payload: str, delivery: Delivery) -> None:
         attempts.append(delivery.attempt)
         if delivery.attempt < 3:
@@ -324,7 +331,7 @@ async def test_dead_letter_after_max_attempts_carries_error_headers(
     topic = topic_name("exhaust")
     calls: list[int] = []
 
-    @client.subscribe(topic, group="g", retry=FAST_RETRY)
+    @client.subscribe(topic, group=group_name(topic, "g"), retry=FAST_RETRY)
     async def handle(payload: str, delivery: Delivery) -> None:
         calls.append(delivery.attempt)
         raise ConnectionError("gateway down")
@@ -351,7 +358,7 @@ async def test_permanent_error_goes_straight_to_dead_letter(
     topic = topic_name("permanent")
     calls: list[int] = []
 
-    @client.subscribe(topic, group="g", retry=FAST_RETRY)
+    @client.subscribe(topic, group=group_name(topic, "g"), retry=FAST_RETRY)
     async def handle(payload: str, delivery: Delivery) -> None:
         calls.append(delivery.attempt)
         raise PermanentError("card declined for good")
@@ -373,13 +380,13 @@ async def test_idempotency_absorbs_duplicates(client_factory: ClientFactory) -> 
 
     @client.subscribe(
         topic,
-        group="payments",
+        group=group_name(topic, "payments"),
         middleware=[DeadLetter(), Retry(FAST_RETRY), Idempotency(store)],
     )
     async def charge(payment: dict[str, Any], delivery: Delivery) -> None:
         charges[payment["payment_id"]] += 1
 
-    @client.subscribe(topic, group="audit")
+    @client.subscribe(topic, group=group_name(topic, "audit"))
     async def audit(payment: dict[str, Any]) -> None:
         handled.append(payment["payment_id"])
 
@@ -413,7 +420,7 @@ async def test_graceful_shutdown_loses_nothing(client_factory: ClientFactory) ->
         await asyncio.sleep(0.01)
         handled.append(n)
 
-    first.subscribe(topic, group="g", concurrency=4)(slow)
+    first.subscribe(topic, group=group_name(topic, "g"), concurrency=4)(slow)
     await first.start()
     await first.publish_batch(topic, range(300))
     await wait_until(lambda: len(handled) >= 20, TIMEOUT)
@@ -423,7 +430,7 @@ async def test_graceful_shutdown_loses_nothing(client_factory: ClientFactory) ->
     assert sorted(started) == sorted(handled)
     # And a new consumer in the same group gets everything the first did not handle
     second = await client_factory()
-    second.subscribe(topic, group="g", concurrency=4)(slow)
+    second.subscribe(topic, group=group_name(topic, "g"), concurrency=4)(slow)
     await second.start()
     await wait_until(lambda: set(handled) >= set(range(300)), TIMEOUT, what="the rest")
     assert set(handled) == set(range(300))
@@ -444,7 +451,7 @@ async def test_malformed_json_is_dead_lettered_and_consumer_keeps_running(
     topic = topic_name("malformed")
     good: list[str] = []
 
-    @client.subscribe(topic, group="g", retry=FAST_RETRY)
+    @client.subscribe(topic, group=group_name(topic, "g"), retry=FAST_RETRY)
     async def handle(order: Order) -> None:
         good.append(order.order_id)
 
@@ -471,11 +478,11 @@ async def test_wildcard_subscription(client_factory: ClientFactory) -> None:
     one: list[str] = []
     many: list[str] = []
 
-    @client.subscribe(f"{base}.*", group="one")
+    @client.subscribe(f"{base}.*", group=group_name(base, "one"))
     async def star(delivery: Delivery) -> None:
         one.append(delivery.message.topic)
 
-    @client.subscribe(f"{base}.#", group="many")
+    @client.subscribe(f"{base}.#", group=group_name(base, "many"))
     async def hash_(delivery: Delivery) -> None:
         many.append(delivery.message.topic)
 
@@ -493,7 +500,7 @@ async def test_request_reply(client_factory: ClientFactory) -> None:
     client = await client_factory()
     topic = topic_name("rpc")
 
-    @client.subscribe(topic, group="responders")
+    @client.subscribe(topic, group=group_name(topic, "responders"))
     async def price(query: dict[str, Any]) -> dict[str, Any]:
         return {"sku": query["sku"], "price": 9.5}
 
@@ -508,7 +515,7 @@ async def test_replay_from_an_offset(client_factory: ClientFactory) -> None:
     topic = topic_name("replay")
     seen: list[int] = []
 
-    @client.subscribe(topic, group="g")
+    @client.subscribe(topic, group=group_name(topic, "g"))
     async def handle(n: int) -> None:
         seen.append(n)
 
@@ -516,6 +523,6 @@ async def test_replay_from_an_offset(client_factory: ClientFactory) -> None:
     await client.publish_batch(topic, range(10))
     await wait_until(lambda: len(seen) >= 10, TIMEOUT)
     seek = getattr(client.transport, "seek")  # noqa: B009 - the Replayable protocol
-    await seek(topic, "g", offset=0)
+    await seek(topic, group_name(topic, "g"), offset=0)
     await wait_until(lambda: len(seen) >= 20, TIMEOUT)
     assert sorted(seen) == sorted(list(range(10)) * 2)
