@@ -44,10 +44,10 @@ from typing import Any, Protocol, runtime_checkable
 from mqkit.backoff import full_jitter
 from mqkit.client import Client
 from mqkit.errors import ConfigurationError, ErrorKind, classify
-from mqkit.eventsourcing._pg import Connection, PgTransaction, Pool
 from mqkit.eventsourcing.store import StoreTransaction
 from mqkit.message import Delivery
-from mqkit.stores.sqlite import check_table_name
+from mqkit.stores._names import check_table_name
+from mqkit.stores._pg import Connection, PgTransaction, Pool
 
 log = logging.getLogger("mqkit.eventsourcing.exactly_once")
 
@@ -181,7 +181,7 @@ class ExactlyOnceConsumer:
         if max_attempts < 1 or prefetch < 1:
             raise ConfigurationError("max_attempts and prefetch must be >= 1")
         sql = _Sql.for_prefix(prefix)
-        pool = Pool(database_url)
+        pool = Pool(database_url, name="Postgres exactly-once consumer")
         async with pool.transaction() as conn:
             with pool.errors("creating the position tables"):
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (prefix + "_eo",))

@@ -29,13 +29,13 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from mqkit.errors import ConfigurationError
-from mqkit.eventsourcing._pg import Connection, PgTransaction, Pool
 from mqkit.eventsourcing.errors import ConcurrencyError
 from mqkit.eventsourcing.events import NewEvent, RecordedEvent
 from mqkit.eventsourcing.outbox import decode_headers, event_message
 from mqkit.eventsourcing.store import OutboxRow, Snapshot, StoreTransaction
 from mqkit.message import Message
-from mqkit.stores.sqlite import check_table_name
+from mqkit.stores._names import check_table_name
+from mqkit.stores._pg import Connection, PgTransaction, Pool
 
 _COLUMNS = "position, stream, version, type, schema_version, data, metadata, event_id, recorded_at"
 # Read as text and parsed here: jsonb through psycopg's loader cost a third of a replay, and
@@ -152,7 +152,8 @@ class PostgresEventStore:
         cls, url: str, *, prefix: str = "mqkit", connect_timeout: int = 10, max_idle: int = 4
     ) -> PostgresEventStore:
         sql = _Sql.for_prefix(prefix)
-        pool = Pool(url, connect_timeout=connect_timeout, max_idle=max_idle)
+        pool = Pool(url, name="Postgres event store", connect_timeout=connect_timeout,
+                    max_idle=max_idle)
         store = cls(pool, sql)
         async with pool.transaction() as conn:
             with pool.errors("creating the event store tables"):

@@ -26,14 +26,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from mqkit.errors import ConfigurationError, ConnectionFailed
-from mqkit.eventsourcing._sqlite import SqliteDb, SqliteTransaction
+from mqkit.errors import ConfigurationError
 from mqkit.eventsourcing.errors import ConcurrencyError
 from mqkit.eventsourcing.events import NewEvent, RecordedEvent
 from mqkit.eventsourcing.outbox import decode_headers, encode_headers, event_message
 from mqkit.eventsourcing.store import OutboxRow, Snapshot, StoreTransaction
 from mqkit.message import Message
-from mqkit.stores.sqlite import check_table_name
+from mqkit.stores._names import check_table_name
+from mqkit.stores._sqlite import SqliteDb, SqliteTransaction
 
 T = TypeVar("T")
 
@@ -143,7 +143,10 @@ class SqliteEventStore:
         cls, path: str = ":memory:", *, prefix: str = "mqkit", busy_timeout: float = 10.0
     ) -> SqliteEventStore:
         sql = _Sql.for_prefix(prefix)
-        return cls(await SqliteDb.open(path, sql.schema, busy_timeout), sql)
+        db = await SqliteDb.open(path, sql.schema, busy_timeout,
+                                 label=f"SQLite event store at {path!r}",
+                                 thread_name="mqkit-es-sqlite")
+        return cls(db, sql)
 
     # --- events -------------------------------------------------------------------------
 
@@ -161,12 +164,11 @@ class SqliteEventStore:
         def work(conn: sqlite3.Connection) -> list[RecordedEvent]:
             return _append(conn, sql, stream, events, expected_version, outbox_topic)
 
-        try:
-            return await self._db.atomic(work)
-        except sqlite3.IntegrityError as exc:  # the version check ran under the write lock
-            raise ConfigurationError(f"an event id appended to {stream!r} exists") from exc
-        except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
+        with self._db.errors():
+            try:
+                return await self._db.atomic(work)
+            except sqlite3.IntegrityError as exc:  # the version check ran under the write lock
+                raise ConfigurationError(f"an event id appended to {stream!r} exists") from exc
 
     async def append_in(
         self,
@@ -242,22 +244,15 @@ class SqliteEventStore:
 
     async def mark_sent(self, ids: Sequence[int]) -> None:
         now, query = time.time(), self._sql.mark_sent
-        try:
+        with self._db.errors():
             await self._db.atomic(lambda c: c.executemany(query, [(now, i) for i in ids]))
-        except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
 
     async def close(self) -> None:
         await self._db.close()
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        try:
+        with self._db.errors():
             return await self._db.call(fn)
-        except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
-
-    def _failed(self, exc: sqlite3.Error) -> ConnectionFailed:
-        return ConnectionFailed(f"SQLite event store at {self._db.where!r}: {exc}")
 
 
 def _append(

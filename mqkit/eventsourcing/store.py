@@ -57,7 +57,9 @@ class StoreTransaction(Protocol):
 
     async def execute(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]: ...
 
-    async def executemany(self, sql: str, params: Iterable[Params]) -> None: ...
+    async def executemany(self, sql: str, params: Iterable[Params]) -> object:
+        """Run ``sql`` once per parameter set; what it returns is the backend's own."""
+        ...
 
 
 @runtime_checkable

@@ -10,25 +10,21 @@ URL: ``postgresql://user:password@host:port/dbname`` (or ``postgres://``). Error
 the password redacted and the driver's error as ``__cause__``.
 
 How it runs: one connection used by one call at a time (an ``asyncio.Lock``), reconnected
-if it broke. Throughput is bounded by one round trip per statement; run several
-orchestrator processes (each with its own store) to go wider.
+if it broke (``mqkit.stores._pg``, shared with the other Postgres stores). Throughput is
+bounded by one round trip per statement; run several orchestrator processes (each with its
+own store) to go wider.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
-from mqkit.errors import ConfigurationError, ConnectionFailed, MqkitError
 from mqkit.saga.model import (
     LogEntry,
     Phase,
@@ -38,10 +34,8 @@ from mqkit.saga.model import (
     UnknownSaga,
     dumps,
 )
-from mqkit.stores.sqlite import check_table_name
-from mqkit.url import BrokerURL, redact_text, redact_url
-
-Connection = psycopg.AsyncConnection[Any]
+from mqkit.stores._names import check_table_name
+from mqkit.stores._pg import Pool
 
 
 @dataclass(frozen=True)
@@ -117,36 +111,25 @@ class PostgresSagaStore:
 
     def __init__(self, url: str, table: str, connect_timeout: int) -> None:
         self.table = check_table_name(table)
-        self._url = url
-        self._where = redact_url(url)
-        password = BrokerURL.parse(url).password
-        self._secrets = [password] if password else []
-        self._timeout = connect_timeout
         self._sql = _Sql.for_table(table)
-        self._lock = asyncio.Lock()
-        self._conn: Connection | None = None
-        self._closed = False
+        self._pool = Pool(url, name=f"Postgres saga log {table!r}", schema=self._sql.create,
+                          connect_timeout=connect_timeout)
 
     @classmethod
     async def open(
         cls, url: str, *, table: str = "mqkit_saga", connect_timeout: int = 10
     ) -> PostgresSagaStore:
         """Connect and create the tables if missing (``ConfigurationError`` for a bad URL)."""
-        try:
-            conninfo_to_dict(url)
-        except psycopg.ProgrammingError:
-            raise ConfigurationError(f"bad Postgres URL {redact_url(url)!r}") from None
         store = cls(url, table, connect_timeout)
-        async with store._lock:
-            await store._connection()
+        async with store._pool.shared():
+            pass
         return store
 
     async def create(self, record: SagaRecord) -> bool:
         row = (record.id, record.name, record.state.value, _json(record.data), record.error,
                record.created_at, record.updated_at)
-        async with self._lock:
-            conn = await self._connection()
-            with self._errors():
+        async with self._pool.shared() as conn:
+            with self._pool.errors():
                 async with conn.transaction():
                     cur = await conn.execute(self._sql.insert_saga, row)
                     if await cur.fetchone() is None:
@@ -161,9 +144,8 @@ class PostgresSagaStore:
         self, saga_id: str, entry: LogEntry, state: SagaState, error: str | None = None
     ) -> LogEntry:
         at = entry.at or datetime.now(UTC).timestamp()
-        async with self._lock:
-            conn = await self._connection()
-            with self._errors():
+        async with self._pool.shared() as conn:
+            with self._pool.errors():
                 async with conn.transaction():
                     cur = await conn.execute(self._sql.lock, (saga_id, saga_id))
                     found = await cur.fetchone()
@@ -177,9 +159,8 @@ class PostgresSagaStore:
         return stored
 
     async def get(self, saga_id: str) -> SagaRecord | None:
-        async with self._lock:
-            conn = await self._connection()
-            with self._errors():
+        async with self._pool.shared() as conn:
+            with self._pool.errors():
                 cur = await conn.execute(self._sql.get_saga, (saga_id,))
                 row = await cur.fetchone()
                 if row is None:
@@ -205,56 +186,12 @@ class PostgresSagaStore:
         if limit is not None:
             parts.append(sql.SQL(" LIMIT %s"))
             params.append(int(limit))
-        async with self._lock:
-            conn = await self._connection()
-            with self._errors():
+        async with self._pool.shared() as conn:
+            with self._pool.errors():
                 cur = await conn.execute(sql.Composed(parts), params)
                 rows = await cur.fetchall()
         return [_summary(r) for r in rows]
 
     async def close(self) -> None:
         """Close the connection. Safe to call twice; later calls raise ``RuntimeError``."""
-        self._closed = True
-        async with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
-
-    async def _connection(self) -> Connection:
-        if self._closed:
-            raise RuntimeError("PostgresSagaStore is closed")
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True, connect_timeout=self._timeout
-                )
-            except psycopg.Error as exc:
-                raise ConnectionFailed(
-                    f"cannot connect to Postgres at {self._where}: {self._safe(exc)}"
-                ) from exc
-            try:
-                with self._errors():
-                    for statement in self._sql.create:
-                        try:
-                            await conn.execute(statement)
-                        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
-                            pass  # another process created it at the same moment
-            except BaseException:
-                await conn.close()
-                raise
-            self._conn = conn
-        return self._conn
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise ConnectionFailed(f"Postgres at {self._where}: {self._safe(exc)}") from exc
-        except psycopg.Error as exc:
-            raise MqkitError(
-                f"Postgres saga log {self.table!r} at {self._where}: {self._safe(exc)}"
-            ) from exc
-
-    def _safe(self, exc: BaseException) -> str:
-        return redact_text(str(exc), self._secrets)
+        await self._pool.close()

@@ -5,8 +5,9 @@ Tables ``<table>`` (one row per saga: id, name, state, data, error, times) and
 entry and updates the saga's state in one ``BEGIN IMMEDIATE`` transaction, committed before
 it returns, so a process killed right after has the transition on disk.
 
-How it runs: one ``sqlite3`` connection used only on one worker thread (as
-``mqkit.stores.sqlite`` does), so no call blocks the event loop; calls run one at a time.
+How it runs: one ``sqlite3`` connection used only on one worker thread
+(``mqkit.stores._sqlite``, shared with the other SQLite stores), so no call blocks the event
+loop; calls run one at a time.
 WAL journal, ``synchronous=NORMAL`` (a committed transaction survives a process crash; a
 power loss may drop the last few), and a busy timeout so several processes on one host wait
 for each other's writes. Times are wall-clock (``time.time``).
@@ -14,15 +15,12 @@ for each other's writes. Times are wall-clock (``time.time``).
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from mqkit.errors import ConnectionFailed
 from mqkit.saga.model import (
     LogEntry,
     Phase,
@@ -33,7 +31,8 @@ from mqkit.saga.model import (
     dumps,
     loads,
 )
-from mqkit.stores.sqlite import check_table_name
+from mqkit.stores._names import check_table_name
+from mqkit.stores._sqlite import SqliteDb
 
 T = TypeVar("T")
 
@@ -83,33 +82,6 @@ class _Sql:
         )
 
 
-def _connect(path: str, sql: _Sql, busy_timeout: float) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        for statement in sql.create:
-            conn.execute(statement)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _in_transaction(conn: sqlite3.Connection, work: Callable[[], T]) -> T:
-    if conn.in_transaction:  # left open by a cancelled caller: drop it
-        conn.rollback()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = work()
-    except BaseException:
-        conn.rollback()
-        raise
-    conn.commit()
-    return result
-
-
 def entry_row(saga_id: str, seq: int, e: LogEntry) -> tuple[Any, ...]:
     return (saga_id, seq, e.phase.value, e.status, e.step, e.step_name, e.attempt,
             e.detail_json(), e.at)
@@ -132,9 +104,8 @@ class SqliteSagaStore:
     ``busy_timeout``; any call after ``close`` raises ``RuntimeError``.
     """
 
-    def __init__(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection, table: str) -> None:
-        self._executor = executor
-        self._conn: sqlite3.Connection | None = conn
+    def __init__(self, db: SqliteDb, table: str) -> None:
+        self._db = db
         self._sql = _Sql.for_table(table)
         self.table = table
 
@@ -144,24 +115,16 @@ class SqliteSagaStore:
     ) -> SqliteSagaStore:
         """Open (creating if missing) ``path`` and the tables ``table`` and ``table_log``."""
         sql = _Sql.for_table(check_table_name(table))
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqkit-saga-sqlite")
-        loop = asyncio.get_running_loop()
-        try:
-            conn = await loop.run_in_executor(executor, _connect, path, sql, busy_timeout)
-        except sqlite3.Error as exc:
-            executor.shutdown(wait=False)
-            raise ConnectionFailed(f"cannot open SQLite saga log {path!r}: {exc}") from exc
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(executor, conn, table)
+        db = await SqliteDb.open(path, sql.create, busy_timeout, label=f"SQLite saga log {table!r}",
+                                 thread_name="mqkit-saga-sqlite")
+        return cls(db, table)
 
     async def create(self, record: SagaRecord) -> bool:
-        conn, sql = self._connection(), self._sql
+        sql = self._sql
         row = (record.id, record.name, record.state.value, dumps(record.data), record.error,
                record.created_at, record.updated_at)
 
-        def work() -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
             if conn.execute(sql.insert_saga, row).rowcount == 0:
                 return False
             conn.executemany(sql.insert_entry, [
@@ -169,15 +132,15 @@ class SqliteSagaStore:
             ])
             return True
 
-        return await self._run(lambda: _in_transaction(conn, work))
+        return await self._atomic(work)
 
     async def append(
         self, saga_id: str, entry: LogEntry, state: SagaState, error: str | None = None
     ) -> LogEntry:
-        conn, sql = self._connection(), self._sql
+        sql = self._sql
         at = entry.at or time.time()
 
-        def work() -> LogEntry:
+        def work(conn: sqlite3.Connection) -> LogEntry:
             changed = conn.execute(sql.set_state, (state.value, error, at, saga_id)).rowcount
             if changed == 0:
                 raise UnknownSaga(f"no saga {saga_id!r} in the log")
@@ -187,12 +150,12 @@ class SqliteSagaStore:
             conn.execute(sql.insert_entry, entry_row(saga_id, stored.seq, stored))
             return stored
 
-        return await self._run(lambda: _in_transaction(conn, work))
+        return await self._atomic(work)
 
     async def get(self, saga_id: str) -> SagaRecord | None:
-        conn, sql = self._connection(), self._sql
+        sql = self._sql
 
-        def work() -> SagaRecord | None:
+        def work(conn: sqlite3.Connection) -> SagaRecord | None:
             row = conn.execute(sql.get_saga, (saga_id,)).fetchone()
             if row is None:
                 return None
@@ -201,13 +164,12 @@ class SqliteSagaStore:
             return SagaRecord(s.id, s.name, s.state, loads(row[6]), s.created_at, s.updated_at,
                               s.error, entries)
 
-        return await self._run(work)
+        return await self._call(work)
 
     async def list(
         self, *, states: Iterable[SagaState] | None = None, limit: int | None = 100
     ) -> list[SagaSummary]:
-        conn, sql = self._connection(), self._sql
-        query, params = sql.list_all, list[Any]()
+        query, params = self._sql.list_all, list[Any]()
         if states is not None:
             wanted = [s.value for s in states]
             query += f" WHERE state IN ({', '.join('?' * len(wanted))})" if wanted else " WHERE 0"
@@ -216,25 +178,16 @@ class SqliteSagaStore:
         if limit is not None:
             query += " LIMIT ?"
             params.append(int(limit))
-        return await self._run(lambda: [summary_of(r) for r in conn.execute(query, params)])
+        return await self._call(lambda c: [summary_of(r) for r in c.execute(query, params)])
 
     async def close(self) -> None:
         """Close the database. Safe to call twice."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await self._run(conn.close)
-            finally:
-                self._executor.shutdown(wait=False)
+        await self._db.close()
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("SqliteSagaStore is closed")
-        return self._conn
+    async def _atomic(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        with self._db.errors():
+            return await self._db.atomic(work)
 
-    async def _run(self, work: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, work)
-        except sqlite3.OperationalError as exc:
-            raise ConnectionFailed(f"SQLite saga log {self.table!r}: {exc}") from exc
+    async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        with self._db.errors():
+            return await self._db.call(work)

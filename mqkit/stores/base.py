@@ -14,8 +14,11 @@ only way to get exactly-once effects out of at-least-once delivery.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
+
+Params = Sequence[Any] | Mapping[str, Any]  # one statement's parameters, as DB-API takes them
 
 
 class Claim(enum.Enum):

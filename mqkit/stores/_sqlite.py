@@ -1,24 +1,40 @@
 """One SQLite connection on one worker thread, usable from the event loop (internal).
 
-The same pattern as ``mqkit.stores.sqlite``: the connection is created and used only on its
-own thread; calls are shielded so a cancelled caller never cancels a commit or rollback
-already queued; ``transaction()`` holds an asyncio lock for its whole block, so the store's
-other calls wait for it (never call the same store from inside its own transaction).
+Shared by the SQLite idempotency store, saga log and event store. The connection is created
+and used only on its own thread, so no call blocks the event loop. It is in autocommit mode
+and every transaction is an explicit ``BEGIN IMMEDIATE``; the journal is WAL and a busy
+timeout makes writers from other processes wait for each other instead of failing at once.
+
+Calls are shielded: a cancelled caller never cancels work already queued on the thread, so a
+commit or rollback always runs and statements keep their order. ``call``, ``atomic`` and
+``transaction()`` hold one asyncio lock, so they run one at a time; ``transaction()`` holds
+it for its whole block, so never call the same store from inside its own transaction (it
+deadlocks).
+
+Errors: ``open`` raises ``ConnectionFailed`` when the file cannot be opened; ``errors()``
+turns ``sqlite3`` errors from a store's own statements (and ``transaction()``'s begin,
+commit and rollback) into ``ConnectionFailed``, the original kept as ``__cause__``.
+Statements run through a ``SqliteTransaction`` raise ``sqlite3`` errors unchanged: they are
+the caller's, not the store's. After ``close`` (safe twice) every call raises
+``RuntimeError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 from mqkit.errors import ConnectionFailed
-from mqkit.eventsourcing.store import Params
+from mqkit.stores.base import Params
 
 T = TypeVar("T")
+
+
+# --- run on the worker thread only -------------------------------------------------------
 
 
 def connect(path: str, schema: Iterable[str], busy_timeout: float) -> sqlite3.Connection:
@@ -26,8 +42,8 @@ def connect(path: str, schema: Iterable[str], busy_timeout: float) -> sqlite3.Co
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA journal_mode = WAL")  # ":memory:" stays "memory": fine
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable enough under WAL
         for statement in schema:
             conn.execute(statement)
     except BaseException:
@@ -37,7 +53,9 @@ def connect(path: str, schema: Iterable[str], busy_timeout: float) -> sqlite3.Co
 
 
 def begin(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:  # abandoned by a cancelled caller
+    # Under the lock no transaction is open; one left here was abandoned by a cancelled
+    # caller, so drop it before starting.
+    if conn.in_transaction:
         conn.rollback()
     conn.execute("BEGIN IMMEDIATE")
 
@@ -68,8 +86,15 @@ def in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection]
     return result
 
 
+# --- used from the event loop --------------------------------------------------------------
+
+
 class SqliteTransaction:
-    """An open transaction: ``execute``/``executemany`` run inside it on the worker thread."""
+    """An open transaction: ``execute``/``executemany`` run inside it on the worker thread.
+
+    They raise ``RuntimeError`` once the transaction block has ended; SQL errors are
+    ``sqlite3`` exceptions, raised unchanged.
+    """
 
     def __init__(self, db: SqliteDb) -> None:
         self._db = db
@@ -77,16 +102,18 @@ class SqliteTransaction:
 
     @property
     def connection(self) -> sqlite3.Connection:
-        """The raw ``sqlite3`` connection: use it only from ``db.run`` (its own thread)."""
+        """The raw ``sqlite3`` connection: use it only from ``run`` (its own thread)."""
         return self._db.conn()
 
     async def execute(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """Run one statement; its result rows (empty for statements that return none)."""
         conn = self._live()
         return await self._db.run(lambda: [tuple(r) for r in conn.execute(sql, params)])
 
-    async def executemany(self, sql: str, params: Iterable[Params]) -> None:
+    async def executemany(self, sql: str, params: Iterable[Params]) -> int:
+        """Run one statement once per parameter set; the number of rows changed."""
         conn, rows = self._live(), list(params)
-        await self._db.run(lambda: conn.executemany(sql, rows))
+        return await self._db.run(lambda: conn.executemany(sql, rows).rowcount)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on the worker thread inside this transaction."""
@@ -100,17 +127,30 @@ class SqliteTransaction:
 
 
 class SqliteDb:
-    """The connection, its thread and its lock. Create with ``await SqliteDb.open()``."""
+    """The connection, its thread and its lock. Create with ``await SqliteDb.open()``.
 
-    def __init__(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection, where: str):
+    ``label`` names the store in its error messages (``"SQLite saga log 'mqkit_saga'"``).
+    """
+
+    def __init__(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection, label: str):
         self._executor = executor
         self._conn: sqlite3.Connection | None = conn
         self.lock = asyncio.Lock()
-        self.where = where
+        self.label = label
 
     @classmethod
-    async def open(cls, path: str, schema: Iterable[str], busy_timeout: float) -> SqliteDb:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqkit-es-sqlite")
+    async def open(
+        cls,
+        path: str,
+        schema: Iterable[str],
+        busy_timeout: float,
+        *,
+        label: str = "SQLite database",
+        thread_name: str = "mqkit-sqlite",
+    ) -> SqliteDb:
+        """Open (creating if missing) ``path`` and apply ``schema``; ``ConnectionFailed``
+        when the file cannot be opened."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         loop = asyncio.get_running_loop()
         statements = list(schema)
         try:
@@ -121,14 +161,16 @@ class SqliteDb:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(executor, conn, path)
+        return cls(executor, conn, label)
 
     def conn(self) -> sqlite3.Connection:
+        """The open connection (use it only on the worker thread); RuntimeError once closed."""
         if self._conn is None:
-            raise RuntimeError(f"the SQLite event store at {self.where!r} is closed")
+            raise RuntimeError(f"the {self.label} is closed")
         return self._conn
 
     async def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the worker thread, shielded from the caller's cancellation."""
         loop = asyncio.get_running_loop()
         return await asyncio.shield(loop.run_in_executor(self._executor, fn))
 
@@ -146,20 +188,34 @@ class SqliteDb:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
+        """A BEGIN IMMEDIATE transaction held for the block, under the lock: committed on
+        normal exit, rolled back on an exception (or cancellation), which propagates."""
         async with self.lock:
             conn = self.conn()
-            await self.run(lambda: begin(conn))
+            with self.errors():
+                await self.run(lambda: begin(conn))
             tx = SqliteTransaction(self)
             try:
                 yield tx
             except BaseException:
                 tx._open = False
-                await self.run(lambda: end(conn, commit=False))
+                with self.errors():
+                    await self.run(lambda: end(conn, commit=False))
                 raise
             tx._open = False
-            await self.run(lambda: end(conn, commit=True))
+            with self.errors():
+                await self.run(lambda: end(conn, commit=True))
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn ``sqlite3`` errors raised in the block into ``ConnectionFailed``."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise ConnectionFailed(f"{self.label}: {exc}") from exc
 
     async def close(self) -> None:
+        """Close after any open transaction ends. Safe to call twice."""
         async with self.lock:
             conn, self._conn = self._conn, None
             if conn is not None:
