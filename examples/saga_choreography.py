@@ -87,7 +87,11 @@ async def main(url: str) -> int:
 
     for order, events in history.items():
         print(f"{order}: {' -> '.join(events)}  => {finished[order]}")
-    return 0 if finished == {"o-1": "completed", "o-2": "compensated"} else 1
+    if finished != {"o-1": "completed", "o-2": "compensated"}:
+        print(f"unexpected outcomes: {finished}")
+        return 1
+    print("ok: o-1 completed; o-2 compensated by events")
+    return 0
 
 
 if __name__ == "__main__":

@@ -89,7 +89,11 @@ async def main(url: str, store_url: str) -> int:
             outcomes.append(outcome.state)
         await orchestrator.close()
     await store.close()
-    return 0 if outcomes == [SagaState.COMPLETED, SagaState.COMPENSATED] else 1
+    if outcomes != [SagaState.COMPLETED, SagaState.COMPENSATED]:
+        print(f"unexpected outcomes: {[o.value for o in outcomes]}")
+        return 1
+    print("ok: one saga completed, one compensated in reverse order")
+    return 0
 
 
 if __name__ == "__main__":

@@ -91,11 +91,12 @@ async def insert_effect(delivery: Delivery, tx: StoreTransaction, table: str) ->
 async def test_a_redelivered_message_is_acked_without_a_second_effect(
     postgres_url: str, pg_prefix: str, effects: str
 ) -> None:
-    # given a consumer and one message delivered twice (same id)
+    # given a consumer positioned by message id, and one message published twice (same id):
+    # a producer-side duplicate, which sits at two offsets, so only its id can tell
     async with Client("memory://eo-dup") as client:
         await client.ensure_topic("in", groups=["g"])
         consumer = await ExactlyOnceConsumer.open(
-            client, postgres_url, "in", group="g", prefix=pg_prefix,
+            client, postgres_url, "in", group="g", prefix=pg_prefix, position=message_ids,
             handler=lambda d, tx: insert_effect(d, tx, effects))
         message = client.message("in", {"id": "x", "amount": 5}, message_id="m-1")
         await client.publish_messages([message, message])
