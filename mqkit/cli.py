@@ -16,26 +16,33 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mqkit import dlq
 from mqkit import headers as h
+from mqkit.cli_common import (
+    DEFAULT_URL,
+    Idle,
+    Url,
+    _fail,
+    _out,
+    _run,
+    _with_client,
+)
+from mqkit.cli_positions import lag, replay
 from mqkit.client import Client
 from mqkit.errors import ConfigurationError, MqkitError
 from mqkit.message import Message, dlq_topic, new_id
 from mqkit.saga.cli import saga_app
 from mqkit.transport import TopicSpec
-from mqkit.url import BrokerURL, redact_text, redact_url
-
-T = TypeVar("T")
+from mqkit.url import redact_url
 
 app = typer.Typer(
     name="mqkit",
@@ -47,62 +54,8 @@ app = typer.Typer(
 dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(saga_app, name="saga")
-
-DEFAULT_URL = "memory://"
-Url = Annotated[
-    str,
-    typer.Option(
-        "--url", envvar="MQKIT_URL", show_envvar=True,
-        help="Broker URL, e.g. kafka://127.0.0.1:9092, amqp://user:pass@host, memory://.",
-    ),
-]
-Idle = Annotated[
-    float, typer.Option("--idle", min=0.01, help="Stop reading after this many quiet seconds.")
-]
-
-
-# --- plumbing ----------------------------------------------------------------------------
-def _out() -> Console:
-    return Console(highlight=False, soft_wrap=False)
-
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
-def _secrets(url: str) -> list[str]:
-    try:
-        password = BrokerURL.parse(url).password
-    except MqkitError:
-        return []
-    return [password] if password else []
-
-
-def _safe(text: str, url: str) -> str:
-    return redact_text(text.replace(url, redact_url(url)), _secrets(url))
-
-
-def _fail(message: str, url: str, code: int = 1) -> NoReturn:
-    _err().print(f"[bold red]error:[/] {_safe(message, url)}", markup=True)
-    raise typer.Exit(code)
-
-
-def _run(url: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``main`` on a fresh event loop; turn mqkit errors into a clean message and exit."""
-    try:
-        return asyncio.run(main())
-    except typer.Exit:
-        raise
-    except ConfigurationError as exc:
-        _fail(str(exc), url, code=2)
-    except (MqkitError, OSError, TimeoutError) as exc:
-        _fail(f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc), url)
-
-
-async def _with_client(url: str, body: Callable[[Client], Awaitable[T]]) -> T:
-    async with Client(url) as client:
-        return await body(client)
-
+app.command("replay")(replay)
+app.command("lag")(lag)
 
 def _parse_body(body: str) -> Any:
     """JSON if ``body`` parses as JSON, else the text itself."""
