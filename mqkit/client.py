@@ -139,12 +139,7 @@ class Client:
         body, content_type = encode(payload)
         merged: dict[str, str] = {h.CONTENT_TYPE: content_type}
         if headers:
-            for name, value in headers.items():
-                if not isinstance(name, str) or not isinstance(value, str):
-                    raise ConfigurationError(
-                        f"header {name!r} must map str to str, got {type(value).__name__}"
-                    )
-                merged[name] = value
+            merged.update(_checked_headers(headers))
         if idempotency_key is not None:
             merged[h.IDEMPOTENCY_KEY] = idempotency_key
         if correlation_id is not None:
@@ -171,16 +166,19 @@ class Client:
         headers: Mapping[str, str] | None = None,
     ) -> list[Message]:
         """Send many messages in one go; returns when the broker confirmed all of them."""
-        messages = [
-            self.message(
-                topic,
-                p,
-                key=key(p) if key else None,
-                idempotency_key=idempotency_key(p) if idempotency_key else None,
-                headers=headers,
+        # The shared headers are checked once for the batch, not once per message.
+        base = _checked_headers(headers) if headers else {}
+        messages: list[Message] = []
+        for payload in payloads:
+            body, content_type = encode(payload)
+            merged = {h.CONTENT_TYPE: content_type, **base}
+            if idempotency_key is not None:
+                ikey = idempotency_key(payload)
+                if ikey is not None:
+                    merged[h.IDEMPOTENCY_KEY] = ikey
+            messages.append(
+                Message(topic, body, key(payload) if key is not None else None, merged)
             )
-            for p in payloads
-        ]
         await self.publish_messages(messages)
         return messages
 
@@ -293,7 +291,9 @@ class Client:
             self._started += 1
             await self._ensure_dead_letter_topic(spec.topic)
             if not _is_pattern(spec.topic):
-                await self.transport.ensure_topic(TopicSpec(spec.topic, groups=(spec.group,)))
+                await self.transport.ensure_topic(
+                    TopicSpec(spec.topic, groups=(spec.group,), max_deliveries=_attempts(stack))
+                )
             source = self.transport.subscribe(
                 spec.topic, spec.group, prefetch=spec.effective_prefetch
             )
@@ -312,7 +312,9 @@ class Client:
         ]:
             await self._ensure_dead_letter_topic(spec.topic)
             if not _is_pattern(spec.topic):
-                await self.transport.ensure_topic(TopicSpec(spec.topic, groups=(spec.group,)))
+                await self.transport.ensure_topic(
+                    TopicSpec(spec.topic, groups=(spec.group,), max_deliveries=retry.max_attempts)
+                )
             batch_source = self.transport.subscribe(
                 spec.topic, spec.group, prefetch=spec.effective_prefetch
             )
@@ -422,6 +424,23 @@ class Client:
             headers[h.CORRELATION_ID] = delivery.message.correlation_id
         headers[h.CAUSATION_ID] = delivery.message.id
         await self.transport.publish((Message(topic=reply_to, body=body, headers=headers),))
+
+
+def _attempts(stack: Sequence[Middleware]) -> int | None:
+    """The deliveries a stack's Retry layer makes before giving up (None without one)."""
+    for layer in stack:
+        if isinstance(layer, Retry):
+            return layer.policy.max_attempts
+    return None
+
+
+def _checked_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ConfigurationError(
+                f"header {name!r} must map str to str, got {type(value).__name__}"
+            )
+    return dict(headers)
 
 
 async def _attach(source: Any) -> None:

@@ -75,7 +75,10 @@ class Consumer:
         self._reply = reply
         self._shutdown_timeout = shutdown_timeout
         self._fetch_lock = asyncio.Lock()
-        self._fetching: asyncio.Task[Any] | None = None
+        # Sources that say so (the memory transport) take concurrent __anext__ calls; async
+        # generators do not, so everyone else fetches one at a time under the lock.
+        self._shared_fetch = bool(getattr(source, "concurrent_fetch", False))
+        self._fetching: set[asyncio.Task[Any]] = set()  # workers waiting on the source
         self._busy_keys: dict[str, deque[Delivery]] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -101,9 +104,8 @@ class Consumer:
     async def stop(self) -> None:
         """Stop fetching, finish in-flight work, close the source. Safe to call twice."""
         self._stopping = True
-        fetching = self._fetching
-        if fetching is not None and not fetching.done():
-            fetching.cancel()  # only the worker waiting for a new delivery is interrupted
+        for fetching in list(self._fetching):
+            fetching.cancel()  # only workers waiting for a new delivery are interrupted
         workers = [w for w in self._workers if not w.done()]
         if workers:
             _, pending = await asyncio.wait(workers, timeout=self._shutdown_timeout)
@@ -124,26 +126,32 @@ class Consumer:
                 await aclose()
 
     async def _next(self, worker: asyncio.Task[Any] | None) -> Delivery | None:
+        if self._shared_fetch:
+            return await self._fetch(worker)
         async with self._fetch_lock:
+            return await self._fetch(worker)
+
+    async def _fetch(self, worker: asyncio.Task[Any] | None) -> Delivery | None:
+        if self._stopping:
+            return None
+        if worker is not None:
+            self._fetching.add(worker)
+        try:
+            delivery = await anext(self._iterator)
+        except StopAsyncIteration:
+            self._stopping = True
+            return None
+        except asyncio.CancelledError:
             if self._stopping:
                 return None
-            self._fetching = worker
-            try:
-                delivery = await anext(self._iterator)
-            except StopAsyncIteration:
-                self._stopping = True
-                return None
-            except asyncio.CancelledError:
-                if self._stopping:
-                    return None
-                raise
-            except Exception as exc:
-                self._error = exc
-                self._stopping = True
-                log.error("subscription to %s failed: %s", self.spec.topic, exc)
-                return None
-            finally:
-                self._fetching = None
+            raise
+        except Exception as exc:
+            self._error = exc
+            self._stopping = True
+            log.error("subscription to %s failed: %s", self.spec.topic, exc)
+            return None
+        finally:
+            self._fetching.discard(worker)
         delivery.state["group"] = self.spec.group
         return delivery
 

@@ -111,6 +111,11 @@ class TopicSpec:
     retention_messages: int | None = None
     compacted: bool = False
     groups: tuple[str, ...] = ()
+    max_deliveries: int | None = None
+    """How many deliveries the consumer's retry policy makes before it dead-letters itself.
+    A broker's native redrive (SQS maxReceiveCount) must allow more, so the core's
+    dead-letter copy with its error headers comes first; native redrive then only catches
+    messages whose consumer died before it could settle them."""
     options: dict[str, str] = field(default_factory=dict)
 
 

@@ -105,7 +105,7 @@ class Topology:
     # --- creation -------------------------------------------------------------------------
     async def ensure(self, spec: TopicSpec) -> None:
         """Create ``spec``'s topic, its groups' queues, subscriptions, policies and redrive."""
-        key = (spec.name, tuple(sorted(spec.groups)), self._config.max_receive_count)
+        key = (spec.name, tuple(sorted(spec.groups)), self._receive_count(spec))
         if key in self._ensured:
             return
         try:
@@ -114,11 +114,20 @@ class Topology:
             raise convert(exc, f"creating topic {spec.name!r}") from exc
         self._ensured.add(key)
 
+    def _receive_count(self, spec: TopicSpec) -> int:
+        """maxReceiveCount: past the retry policy's attempts, so the core dead-letters first
+        (with its error headers) and native redrive only catches consumers that died."""
+        count = self._config.max_receive_count
+        if count and spec.max_deliveries is not None:
+            count = max(count, spec.max_deliveries + 1)
+        return count
+
     async def _ensure(self, spec: TopicSpec) -> None:
         topic = spec.name
         groups = spec.groups or ((DLQ_GROUP,) if topic.endswith(DLQ_SUFFIX) else ())
+        receive_count = self._receive_count(spec)
         if self._config.mode == "queue":
-            await self._ensure_queue(topic, "", topic_arn=None)
+            await self._ensure_queue(topic, "", topic_arn=None, receive_count=receive_count)
             return
         attributes = {"FifoTopic": "true"} if self.is_fifo(topic) else {}
         reply = await self._conn.call(
@@ -126,9 +135,11 @@ class Topology:
         )
         arn = str(reply["TopicArn"])
         for group in groups:
-            await self._ensure_queue(topic, group, topic_arn=arn)
+            await self._ensure_queue(topic, group, topic_arn=arn, receive_count=receive_count)
 
-    async def _ensure_queue(self, topic: str, group: str, topic_arn: str | None) -> None:
+    async def _ensure_queue(
+        self, topic: str, group: str, topic_arn: str | None, receive_count: int | None = None
+    ) -> None:
         name = self.queue_name(topic, group)
         url, arn = await self._create_queue(name, self.is_fifo(topic))
         attributes: dict[str, str] = {}
@@ -136,8 +147,9 @@ class Topology:
             attributes["Policy"] = json.dumps(_sns_may_send(arn, topic_arn))
         redrive = await self._redrive_target(topic)
         if redrive is not None:
+            count = receive_count or self._config.max_receive_count
             attributes["RedrivePolicy"] = json.dumps(
-                {"deadLetterTargetArn": redrive, "maxReceiveCount": self._config.max_receive_count}
+                {"deadLetterTargetArn": redrive, "maxReceiveCount": count}
             )
         if attributes:
             await self._conn.call(

@@ -82,7 +82,12 @@ class MemoryDelivery(Delivery):
 
 
 class _Subscription:
-    """An async iterator of deliveries for one consumer of a group, bounded by prefetch."""
+    """An async iterator of deliveries for one consumer of a group, bounded by prefetch.
+
+    Not a generator: several tasks may await ``__anext__`` at once (``concurrent_fetch``).
+    """
+
+    concurrent_fetch = True
 
     def __init__(self, transport: MemoryTransport, group: Group, prefetch: int) -> None:
         if prefetch < 1:
@@ -105,7 +110,8 @@ class _Subscription:
             if self._closed or self._transport._closed:
                 raise StopAsyncIteration
             if self._unsettled >= self._prefetch:
-                self._capacity = asyncio.get_running_loop().create_future()
+                if self._capacity is None or self._capacity.done():
+                    self._capacity = asyncio.get_running_loop().create_future()
                 await self._capacity
                 continue
             entry = group.take()

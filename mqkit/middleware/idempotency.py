@@ -83,7 +83,7 @@ class Idempotency:
             raw = key_of(delivery.message)
             if raw is None:
                 return await inner(delivery)
-            key = f"{group_of(delivery)}:{raw}"
+            key = f"{delivery.state.get('group', '')}:{raw}"  # group_of, inlined: per message
             claim = await store.claim(key, lease)
             if claim is Claim.DONE:
                 delivery.state["duplicate"] = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 
@@ -74,7 +75,7 @@ async def test_ensure_topic_is_idempotent_and_sets_the_redrive_policy(
     second = await transport_factory(max_receive_count=4)
     await second.ensure_topic(TopicSpec(topic, groups=("g",)))
     # Then the group's queue redrives to the dead-letter queue after 4 receives
-    import json
+
 
     sqs = second._conn.sqs
     url = sqs.get_queue_url(QueueName=second.topology.queue_name(topic, "g"))["QueueUrl"]
@@ -87,3 +88,18 @@ async def test_ensure_topic_is_idempotent_and_sets_the_redrive_policy(
     assert "sns.amazonaws.com" in attributes["Policy"]
     subs = second._conn.sns.list_subscriptions_by_topic(TopicArn=second.topology.topic_arn(topic))
     assert len(subs["Subscriptions"]) == 1
+
+
+async def test_redrive_allows_more_receives_than_the_retry_policy_attempts(
+    transport_factory: TransportFactory, topic: str
+) -> None:
+    # Given a subscription whose retry policy makes 9 attempts (the client passes it on)
+    transport = await transport_factory(max_receive_count=5)
+    await transport.ensure_topic(TopicSpec(topic, groups=("g",), max_deliveries=9))
+    # Then native redrive waits past them, so the core's dead letter (with headers) comes first
+
+
+    sqs = transport._conn.sqs
+    url = sqs.get_queue_url(QueueName=transport.topology.queue_name(topic, "g"))["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
+    assert int(json.loads(attributes["Attributes"]["RedrivePolicy"])["maxReceiveCount"]) == 10
