@@ -20,7 +20,7 @@ from mqkit.saga.store_memory import MemorySagaStore
 from mqkit.stores import MemoryIdempotencyStore
 from tests.brokers import broker_url
 
-BROKERS = ["sqs", "jetstream"]  # adapters whose conformance suite passes
+BROKERS = ["sqs", "jetstream", "rabbitmq", "kafka"]  # adapters whose conformance suite passes
 FAST = RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.2)
 
 
