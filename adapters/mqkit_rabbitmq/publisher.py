@@ -34,6 +34,10 @@ log = logging.getLogger("mqkit.rabbitmq")
 Outgoing = tuple[Route, bytes, pika.BasicProperties]
 ChannelHook = Callable[[Chan], Awaitable[None]]
 
+WRITE_RUN = 64
+"""Messages written to the socket at once. A large batch goes out in runs, so the broker
+routes and stores the first while the next are encoded, instead of waiting for the last."""
+
 
 class _Batch:
     """The messages of one ``publish`` call still waiting for their confirm."""
@@ -164,7 +168,7 @@ class Publisher:
         todo = list(items)
         while True:
             chan = await self.open_channel(deadline - loop.time())
-            batch = self._send(chan, todo)
+            batch = await self._send(chan, todo)
             try:
                 async with asyncio.timeout(max(0.0, deadline - loop.time())):
                     await asyncio.shield(batch.fut)
@@ -185,21 +189,32 @@ class Publisher:
                 )
             log.info("connection lost before %d confirm(s); publishing them again", len(todo))
 
-    def _send(self, chan: Chan, todo: Sequence[Outgoing]) -> _Batch:
+    async def _send(self, chan: Chan, todo: Sequence[Outgoing]) -> _Batch:
+        """Write ``todo`` in runs of ``WRITE_RUN``, yielding to the loop between runs so the
+        socket carries each run (one write) while the next is encoded."""
         batch = _Batch(len(todo))
         publish = chan.raw.basic_publish
-        pending = self._pending
-        for index, (route, body, props) in enumerate(todo):
+        total, sent = len(todo), 0
+        while sent < total:
+            if sent:
+                await asyncio.sleep(0)
+            if chan is not self._chan or not chan.is_open:
+                break  # closed while we yielded: its confirms are lost (see _on_close)
+            pending = self._pending
             try:
-                publish(route.exchange, route.routing_key, body, props, route.mandatory)
+                with chan.corked():
+                    for index in range(sent, min(sent + WRITE_RUN, total)):
+                        route, body, props = todo[index]
+                        publish(route.exchange, route.routing_key, body, props, route.mandatory)
+                        self._tag += 1
+                        pending[self._tag] = (batch, index, props.message_id)
+                        sent = index + 1
             except (px.ChannelWrongStateError, px.ChannelClosed, px.ConnectionClosed,
                     px.StreamLostError):
-                # The channel closed under us: the rest goes again after a reconnect.
-                batch.lost.extend(range(index, len(todo)))
-                for _ in range(index, len(todo)):
-                    batch.done_one()
-                break
-            self._tag += 1
-            pending[self._tag] = (batch, index, props.message_id)
+                break  # the channel closed under us
+        if sent < total:
+            # The rest goes again after a reconnect.
+            batch.lost.extend(range(sent, total))
+            for _ in range(sent, total):
+                batch.done_one()
         return batch
-
