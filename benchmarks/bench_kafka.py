@@ -252,9 +252,9 @@ async def main() -> None:
          lambda: mqkit_consume(transport, topic, args.count, batch=False)),
         ("consume  mqkit transport, batch (take)",
          lambda: mqkit_consume(transport, topic, args.count, batch=True)),
-        ("consume  mqkit client handler + middleware",
+        ("consume  mqkit client, per-message handler",
          lambda: client_consume(args.url, topic, args.count)),
-        ("consume  mqkit client batch handler",
+        ("consume  mqkit client, batch handler",
          lambda: client_batch_consume(args.url, topic, args.count)),
     ]
     for _ in range(args.rounds):
@@ -267,6 +267,9 @@ async def main() -> None:
     print(f"\n{args.count} messages of {args.size} B, {args.rounds} interleaved rounds, "
           f"medians; topic {topic} (4 partitions)\n")
     print(f"{'contender':44} {'msgs/s':>10} {'vs raw':>8} {'CPU µs/msg':>11}")
+    print("  (every consumer: at-least-once, offsets stored after processing and auto-committed;"
+          "\n   publishers: idempotent, acks=all; raw flushes once at the end, mqkit awaits every"
+          "\n   delivery report of each 5,000-message publish)")
     raw_rate = {"publish": 0.0, "consume": 0.0}
     for name, results in runs.items():
         rate = statistics.median(r[0] for r in results)
@@ -276,6 +279,9 @@ async def main() -> None:
             raw_rate[kind] = rate
         ratio = rate / raw_rate[kind] if raw_rate[kind] else float("nan")
         print(f"{name:44} {rate:>10,.0f} {ratio:>7.0%} {cpu:>11.1f}")
+    print("\nper-message handler: @client.subscribe(concurrency=16) with the default middleware"
+          "\n(log, dead-letter, retry), acked per message; batch handler: @client.subscribe"
+          "\n(batch_size=1000), one call per list, each message acked after it returns")
     print(f"\nend-to-end latency at 2,000 msgs/s: raw p50 {lat_raw[0]:.1f} ms, "
           f"p99 {lat_raw[1]:.1f} ms; mqkit p50 {lat_mqkit[0]:.1f} ms, p99 {lat_mqkit[1]:.1f} ms")
 

@@ -4,6 +4,8 @@
   shrink (``TopicMismatchError``); retention is aligned; the cleanup policy must match;
 - ``seek_group``: move a stopped group to the beginning, the end, an offset or a time
   (``mqkit replay``);
+- ``Admin.commit_offsets``: start a stopped group at given offsets per partition (where an
+  exactly-once consumer's stored positions say to resume);
 - ``consumer_lag``: committed offset, log end and lag per partition (``mqkit lag``).
 
 Admin futures are awaited through ``asyncio.wrap_future``; the one blocking call
@@ -13,7 +15,7 @@ Admin futures are awaited through ``asyncio.wrap_future``; the one blocking call
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,11 +234,14 @@ class Admin:
             PartitionLag(topic, p, committed.get(p), start[p], end[p]) for p in range(n)
         ]
 
-    async def _alter_offsets(self, group: str, request: list[Any]) -> None:
+    async def _alter_offsets(
+        self, group: str, request: list[Any], patience: float | None = None
+    ) -> None:
         """Commit offsets for a group without members. A member that just left can keep the
-        group busy for a moment on the broker: retried within ``connect_timeout``."""
+        group busy for a moment on the broker: retried for ``patience`` seconds
+        (``connect_timeout`` by default)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.connect_timeout
+        deadline = loop.time() + (self.config.connect_timeout if patience is None else patience)
         while True:
             result = await asyncio.wrap_future(
                 self._client.alter_consumer_group_offsets(request)[group]
@@ -293,6 +298,51 @@ class Admin:
                 "inside it with transport.seek)"
             ) from exc
         return [PartitionPosition(topic, p, before.get(p), target[p]) for p in range(n)]
+
+
+    async def clamp_offsets(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """``offsets`` (partition -> offset) moved into each partition's retained log, from
+        its oldest retained offset to its end. ``UnknownTopicError`` if the topic does not
+        exist, ``ConfigurationError`` for a partition it does not have or a negative offset."""
+        n = await self.topic_partitions(topic)
+        bad = sorted(p for p in offsets if not 0 <= p < n)
+        if bad:
+            raise ConfigurationError(f"topic {topic!r} has {n} partitions, not {bad}")
+        if any(o < 0 for o in offsets.values()):
+            raise ConfigurationError("offsets must be >= 0")
+        if not offsets:
+            return {}
+        start = await self.offsets(topic, n, _earliest())
+        end = await self.offsets(topic, n, _latest())
+        return {p: min(max(o, start[p]), end[p]) for p, o in sorted(offsets.items())}
+
+    async def commit_offsets(
+        self, topic: str, group: str, offsets: Mapping[int, int]
+    ) -> list[PartitionPosition] | None:
+        """Commit ``offsets`` (partition -> the next offset to read, clamped as by
+        ``clamp_offsets``) for ``group`` on ``topic``; other partitions keep their position.
+        For a group with no member only: where the broker still counts a member (a running
+        consumer, or a killed one whose session has not expired), nothing is committed and
+        None is returned at once, so the caller can position its own member instead. Safe
+        to call twice; raises as ``clamp_offsets`` does."""
+        target = await self.clamp_offsets(topic, offsets)
+        if not target:
+            return []
+        before = await self.committed(topic, group, await self.topic_partitions(topic))
+        request = [
+            ConsumerGroupTopicPartitions(
+                group, [TopicPartition(topic, p, o) for p, o in target.items()]
+            )
+        ]
+        try:
+            await self._alter_offsets(group, request, patience=0)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() in _GROUP_BUSY:
+                return None
+            raise convert(exc, f"committing offsets of group {group!r}",
+                          secrets=self.config.secrets) from exc
+        return [PartitionPosition(topic, p, before.get(p), o) for p, o in target.items()]
 
 
 _GROUP_BUSY = {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS}

@@ -17,6 +17,7 @@ which stays the same on every redelivery.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from mqkit import headers as h
 from mqkit.message import Message
@@ -80,23 +81,64 @@ def decode(
 
     ``headers`` (from ``decode_headers``) is consumed: internal names are popped from it.
     """
-    message_id = headers.pop(ID, None) or headers.get("ce-id") or f"{topic}:{partition}:{offset}"
+    message_id = headers.pop(ID, None)
     attempt = 1
-    if len(headers) > 0 and (ATTEMPT in headers or TOPIC in headers or NOT_BEFORE in headers):
+    if headers:
+        topic, attempt, message_id = _internal(headers, topic, message_id)
+    if not message_id:
+        message_id = f"{topic}:{partition}:{offset}"
+    if value is None:
+        headers[TOMBSTONE] = "1"
+    return Message(
+        topic,
+        value or b"",
+        None if key is None else key.decode("utf-8", "replace"),
+        headers,
+        message_id,
+        timestamp_ms / 1000.0 if timestamp_ms > 0 else 0.0,
+    ), attempt
+
+
+def decode_record(record: Any) -> tuple[Message, int]:
+    """``decode`` for a ``confluent_kafka.Message`` straight off ``consume``: the consuming
+    hot path, so the header list becomes a dict once and the common record (only
+    ``x-mqkit-id``) skips every other header check."""
+    topic = record.topic()
+    raw = record.headers()
+    if raw:
+        headers = {n: (v.decode("utf-8", "replace") if v else "") for n, v in raw}
+        message_id = headers.pop(ID, None)
+    else:
+        headers, message_id = {}, None
+    attempt = 1
+    if headers:
+        topic, attempt, message_id = _internal(headers, topic, message_id)
+    if not message_id:
+        message_id = f"{topic}:{record.partition()}:{record.offset()}"
+    value = record.value()
+    if value is None:
+        headers[TOMBSTONE] = "1"
+    key = record.key()
+    timestamp_ms = record.timestamp()[1]
+    return Message(
+        topic,
+        value or b"",
+        None if key is None else key.decode("utf-8", "replace"),
+        headers,
+        message_id,
+        timestamp_ms / 1000.0 if timestamp_ms > 0 else 0.0,
+    ), attempt
+
+
+def _internal(
+    headers: dict[str, str], topic: str, message_id: str | None
+) -> tuple[str, int, str | None]:
+    """Pop the internal headers: (original topic, attempt, id or ``ce-id``)."""
+    attempt = 1
+    if ATTEMPT in headers or TOPIC in headers or NOT_BEFORE in headers:
         topic = headers.pop(TOPIC, topic)
         headers.pop(NOT_BEFORE, None)
         attempt_text = headers.pop(ATTEMPT, "")
         attempt = int(attempt_text) if attempt_text.isdigit() else 1
     headers.pop(TOMBSTONE, None)
-    public = headers
-    if value is None:
-        public[TOMBSTONE] = "1"
-    message = Message(
-        topic=topic,
-        body=value or b"",
-        key=None if key is None else key.decode("utf-8", "replace"),
-        headers=public,
-        id=message_id,
-        timestamp=timestamp_ms / 1000.0 if timestamp_ms > 0 else 0.0,
-    )
-    return message, attempt
+    return topic, attempt, message_id or headers.get("ce-id")

@@ -14,6 +14,11 @@ dropped, handlers in flight get ``revoke_timeout`` seconds to settle, then their
 prefix is committed synchronously before the partitions go. Settlements that come later are
 ignored: the new owner redelivers those messages (duplicates only from in-flight work).
 
+Start offsets: ``KafkaTransport.seek_partitions`` may leave offsets where the group's next
+member begins each partition (``StartOffsets``): the first member assigned a partition
+starts it there instead of at the committed offset, and stores that offset for the next
+commit. Each is used once.
+
 Retries: ``nack(delay)`` publishes a copy (same id, attempt + 1, not-before time) to the
 group's retry topic ``<topic>.mqkit-retry.<group>``, which the same subscription reads, and
 only then finishes the original. The copy is held in memory until its not-before time, so the
@@ -23,12 +28,13 @@ original partition never blocks, and a redelivery never comes early, even after 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -37,7 +43,7 @@ from mqkit.errors import ConfigurationError, MqkitError
 from mqkit.message import Delivery, Message
 from mqkit_kafka.config import KafkaConfig
 from mqkit_kafka.errors import _AUTHZ, convert
-from mqkit_kafka.headers import ATTEMPT, NOT_BEFORE, TOPIC, decode, decode_headers
+from mqkit_kafka.headers import ATTEMPT, NOT_BEFORE, TOPIC, decode_record
 from mqkit_kafka.offsets import PartitionOffsets
 from mqkit_kafka.publisher import Publisher
 
@@ -46,6 +52,39 @@ log = logging.getLogger("mqkit.kafka.subscriber")
 TP = tuple[str, int]
 _FETCH_BATCH = 5000  # records per consume call: one GIL hand-over for many records
 Record = Any  # confluent_kafka.Message (not constructible from Python)
+# A seek command for the consumer thread: (done, offset, timestamp, offsets per partition).
+_Seek = tuple[asyncio.Future[None], int | None, float | None, dict[int, int] | None]
+
+
+class StartOffsets:
+    """Where members of one group begin partitions of one topic (partition -> next offset to
+    read) instead of at the group's committed offsets. Each offset is taken once, by the
+    first member assigned its partition. Thread-safe (taken in rebalance callbacks)."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._lock = threading.Lock()
+        self._offsets: dict[int, int] = {}
+
+    def put(self, offsets: Mapping[int, int]) -> None:
+        """Set (or replace) the start offset of each partition in ``offsets``."""
+        with self._lock:
+            self._offsets.update(offsets)
+
+    def take(self, partitions: Iterable[TP]) -> dict[TP, int]:
+        """Remove and return the start offsets of ``partitions`` (those of this topic)."""
+        with self._lock:
+            if not self._offsets:
+                return {}
+            return {
+                (t, p): self._offsets.pop(p)
+                for t, p in partitions
+                if t == self.topic and p in self._offsets
+            }
+
+    def __bool__(self) -> bool:
+        with self._lock:
+            return bool(self._offsets)
 
 
 class KafkaDelivery(Delivery):
@@ -62,11 +101,23 @@ class KafkaDelivery(Delivery):
         tp: TP,
         offset: int,
     ) -> None:
-        super().__init__(message, attempt, sub.dead_letter_publisher)
+        # Delivery.__init__'s fields, set here directly: this runs once per record.
+        self.message = message
+        self.attempt = attempt
+        self.settled = None
+        self.state = {}
+        self._dead_letter_publisher = sub._publish_one_bound
         self._sub = sub
         self._part = part
         self.source_topic, self.partition = tp
         self.offset = offset
+
+    async def ack(self) -> None:
+        """``Delivery.ack`` without its inner ``_ack`` await (one coroutine per message)."""
+        if self.settled is not None:
+            self._claim("acked")  # raises AlreadySettledError
+        self.settled = "acked"
+        self._sub._finish(self, done=True)
 
     async def _ack(self) -> None:
         self._sub._finish(self, done=True)
@@ -78,10 +129,14 @@ class KafkaDelivery(Delivery):
 class Subscription:
     """An async iterator of ``KafkaDelivery`` for one member of ``group`` on ``topic``.
 
-    Not shared between tasks for iteration; deliveries may be settled from any task of the
-    loop. ``aclose`` stops fetching, commits what finished and leaves the group; deliveries
-    not settled by then are redelivered to the group. Iterating after ``aclose`` ends at once.
+    Several tasks of one loop may await ``__anext__`` (or ``take``) at once
+    (``concurrent_fetch``: the core's consumer then fetches without a lock); deliveries may
+    be settled from any task of the loop. ``aclose`` stops fetching, commits what finished
+    and leaves the group; deliveries not settled by then are redelivered to the group.
+    Iterating after ``aclose`` ends at once.
     """
+
+    concurrent_fetch = True
 
     def __init__(
         self,
@@ -94,6 +149,7 @@ class Subscription:
         prepare: Callable[[], Awaitable[None]],
         on_close: Callable[[Subscription], None],
         extra_conf: dict[str, Any] | None = None,
+        start: StartOffsets | None = None,
     ) -> None:
         if prefetch < 1:
             raise ConfigurationError("prefetch must be >= 1")
@@ -105,14 +161,17 @@ class Subscription:
         self._prefetch = prefetch
         self._prepare = prepare
         self._on_close = on_close
+        self._publish_one_bound = self._publish_one
         self._conf = config.consumer_conf(group, **(extra_conf or {}))
         self._conf["error_cb"] = self._on_client_error
+        self._cooperative = "cooperative" in str(self._conf.get("partition.assignment.strategy"))
+        self._start = start
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: deque[tuple[Record, PartitionOffsets]] = deque()
         self._parts: dict[TP, PartitionOffsets] = {}
         self._held: dict[tuple[TP, int], asyncio.TimerHandle] = {}
         self._unsettled = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []  # tasks waiting for records
         self._idle: asyncio.Future[None] | None = None
         self._error: MqkitError | None = None
         self._dirty: set[TP] = set()
@@ -124,8 +183,7 @@ class Subscription:
         self._thread: threading.Thread | None = None
         self._thread_done: asyncio.Future[None] | None = None
         self._consumer: Consumer | None = None
-        self._commands: queue.SimpleQueue[tuple[asyncio.Future[None], int | None, float | None]]
-        self._commands = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Seek] = queue.SimpleQueue()
         self._posted = 0  # written by the thread
         self._taken = 0  # written by the loop
         self._paused = False  # thread only
@@ -141,7 +199,20 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
-    async def __anext__(self) -> KafkaDelivery:
+    def __anext__(self) -> Awaitable[KafkaDelivery]:
+        """The next delivery. One that is ready comes back as a completed future: awaiting it
+        does not suspend, and a caller that schedules it (``asyncio.ensure_future``, as the
+        core's batch consumer does for every message) gets no task and no extra loop turn."""
+        loop = self._loop
+        if loop is not None and self._error is None and not self._closed:
+            delivery = self._next_ready()
+            if delivery is not None:
+                ready: asyncio.Future[KafkaDelivery] = loop.create_future()
+                ready.set_result(delivery)
+                return ready
+        return self._anext()
+
+    async def _anext(self) -> KafkaDelivery:
         if not self._started:
             await self.start()
         while True:
@@ -192,34 +263,35 @@ class Subscription:
                 self._drained()
             if part.closed:
                 continue
-            return self._delivery(record, part)
+            message, attempt = decode_record(record)
+            part.active += 1
+            self._unsettled += 1
+            return KafkaDelivery(
+                message, attempt, self, part, (record.topic(), record.partition()),
+                record.offset(),
+            )
         return None
 
     async def _wait(self) -> None:
         loop = self._loop
         assert loop is not None
-        self._waiter = waiter = loop.create_future()
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
         try:
             await waiter
         finally:
-            self._waiter = None
+            if waiter.cancelled() or not waiter.done():  # cancelled or timed out: still listed
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _delivery(self, record: Record, part: PartitionOffsets) -> KafkaDelivery:
-        tp = (record.topic(), record.partition())
-        offset = record.offset()
-        headers = decode_headers(record.headers())
-        _, ts = record.timestamp()
-        message, attempt = decode(
-            tp[0], tp[1], offset, record.key(), record.value(), headers, ts
-        )
-        part.active += 1
-        self._unsettled += 1
-        return KafkaDelivery(message, attempt, self, part, tp, offset)
+        """Wake every waiting task; each takes what is ready or waits again."""
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -232,6 +304,7 @@ class Subscription:
             await self._prepare()
         except BaseException:
             self._closed = True
+            self._wake()
             self._on_close(self)
             raise
         self._thread_done = self._loop.create_future()
@@ -246,6 +319,11 @@ class Subscription:
             await self.start()
         async with asyncio.timeout(timeout):
             await self._assigned.wait()
+
+    @property
+    def started(self) -> bool:
+        """True once the subscription started (joined, or is joining, the group)."""
+        return self._started and not self._closed
 
     @property
     def assignment(self) -> list[TP]:
@@ -472,12 +550,25 @@ class Subscription:
             raise ConfigurationError("seek needs exactly one of offset or timestamp")
         if offset is not None and offset < 0:
             raise ConfigurationError("seek offset must be >= 0")
+        await self._seek(offset, timestamp, None)
+
+    async def seek_partitions(self, offsets: Mapping[int, int]) -> None:
+        """Move each partition of ``topic`` this member owns to its offset in ``offsets``
+        (partition -> next offset to read); partitions it does not own are left alone.
+        Committed before this returns."""
+        if any(o < 0 for o in offsets.values()):
+            raise ConfigurationError("seek offsets must be >= 0")
+        await self._seek(None, None, dict(offsets))
+
+    async def _seek(
+        self, offset: int | None, timestamp: float | None, offsets: dict[int, int] | None
+    ) -> None:
         if not self._started:
             await self.start()
         await self.wait_assigned(self._config.connect_timeout * 6)
         assert self._loop is not None
         done: asyncio.Future[None] = self._loop.create_future()
-        self._commands.put((done, offset, timestamp))
+        self._commands.put((done, offset, timestamp, offsets))
         await done
 
     # --- the consumer thread ----------------------------------------------------------
@@ -564,7 +655,35 @@ class Subscription:
             self._room.set()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._post(self._assigned_partitions, [(p.topic, p.partition) for p in partitions])
+        tps = [(p.topic, p.partition) for p in partitions]
+        start = self._start.take(tps) if self._start else {}
+        if start:
+            self._assign_at(consumer, partitions, start)
+        self._post(self._assigned_partitions, tps)
+
+    def _assign_at(
+        self, consumer: Consumer, partitions: list[TopicPartition], start: dict[TP, int]
+    ) -> None:
+        """Take the assignment with the partitions of ``start`` beginning there, and store
+        those offsets (committed with the next auto-commit)."""
+        placed = [
+            TopicPartition(p.topic, p.partition, start.get((p.topic, p.partition), p.offset))
+            for p in partitions
+        ]
+        try:
+            if self._cooperative:
+                consumer.incremental_assign(placed)
+            else:
+                consumer.assign(placed)
+        except KafkaException as exc:  # the default assignment (committed offsets) follows
+            log.warning("could not start %s at %s: %s", self.topic, start, exc)
+            return
+        try:
+            consumer.store_offsets(
+                offsets=[tp for tp in placed if (tp.topic, tp.partition) in start]
+            )
+        except KafkaException as exc:  # committed with the first finished message instead
+            log.debug("could not store the start offsets of %s: %s", self.topic, exc)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._revoke_in_thread(consumer, partitions, commit=True)
@@ -607,11 +726,11 @@ class Subscription:
     def _run_commands(self, consumer: Consumer) -> None:
         while True:
             try:
-                done, offset, timestamp = self._commands.get_nowait()
+                done, offset, timestamp, offsets = self._commands.get_nowait()
             except queue.Empty:
                 return
             try:
-                targets = self._seek_targets(consumer, offset, timestamp)
+                targets = self._seek_targets(consumer, offset, timestamp, offsets)
                 for tp in targets:
                     consumer.seek(tp)
                 self._post(self._after_seek, [(t.topic, t.partition, t.offset) for t in targets])
@@ -624,9 +743,19 @@ class Subscription:
                 self._post(_reject, done, error)
 
     def _seek_targets(
-        self, consumer: Consumer, offset: int | None, timestamp: float | None
+        self,
+        consumer: Consumer,
+        offset: int | None,
+        timestamp: float | None,
+        offsets: dict[int, int] | None,
     ) -> list[TopicPartition]:
         owned = [tp for tp in consumer.assignment() if tp.topic == self.topic]
+        if offsets is not None:
+            return [
+                TopicPartition(tp.topic, tp.partition, offsets[tp.partition])
+                for tp in owned
+                if tp.partition in offsets
+            ]
         if timestamp is None:
             assert offset is not None
             return [TopicPartition(tp.topic, tp.partition, offset) for tp in owned]
@@ -645,7 +774,7 @@ class Subscription:
     def _fail_commands(self, consumer: Consumer) -> None:
         while True:
             try:
-                done, _, _ = self._commands.get_nowait()
+                done, *_ = self._commands.get_nowait()
             except queue.Empty:
                 return
             self._post(_reject, done, MqkitError(f"the subscription to {self.topic} closed"))

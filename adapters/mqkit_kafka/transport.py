@@ -1,13 +1,15 @@
 """``KafkaTransport``: the publisher, subscriptions and admin of one cluster, behind
-mqkit's ``Transport`` and ``Replayable`` protocols."""
+mqkit's ``Transport`` and ``Replayable`` protocols, and ``PartitionSeek`` (start a group at
+offsets per partition, for ``mqkit.eventsourcing.exactly_once``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from mqkit.errors import ConnectionFailed, PublishError
+from mqkit.errors import ConfigurationError, ConnectionFailed, PublishError
 from mqkit.message import Delivery, Message
 from mqkit.transport import Capabilities, TopicSpec
 from mqkit.url import BrokerURL
@@ -15,7 +17,9 @@ from mqkit_kafka.admin import Admin
 from mqkit_kafka.config import KafkaConfig, retry_topic
 from mqkit_kafka.errors import UnknownTopicError
 from mqkit_kafka.publisher import Publisher
-from mqkit_kafka.subscriber import Subscription
+from mqkit_kafka.subscriber import StartOffsets, Subscription
+
+log = logging.getLogger("mqkit.kafka.transport")
 
 
 class KafkaTransport:
@@ -47,6 +51,7 @@ class KafkaTransport:
         self._admin: Admin | None = None
         self._subscriptions: list[Subscription] = []
         self._ensured: dict[str, int] = {}
+        self._starts: dict[tuple[str, str], StartOffsets] = {}
         self._connected = False
 
     def __repr__(self) -> str:
@@ -121,9 +126,10 @@ class KafkaTransport:
             await self.admin.ensure(TopicSpec(topic), [retry])
             self._ensured[topic] = self._ensured[retry] = count
 
+        start = self._starts.setdefault((topic, group), StartOffsets(topic))
         sub = Subscription(
             self.config, self.publisher, topic, retry, group, prefetch, prepare,
-            self._forget, consumer_conf,
+            self._forget, consumer_conf, start,
         )
         self._subscriptions.append(sub)
         return sub
@@ -155,3 +161,38 @@ class KafkaTransport:
             await asyncio.gather(*(s.seek(offset=offset, timestamp=timestamp) for s in local))
             return
         await self.admin.seek(topic, group, offset=offset, timestamp=timestamp)
+
+    async def seek_partitions(self, topic: str, group: str, offsets: Mapping[int, int]) -> None:
+        """Start ``group`` on ``topic`` at ``offsets`` (partition -> the next offset to read);
+        partitions not named keep their position.
+
+        - Where this transport runs started members of the group, they move the partitions
+          they own (committed before this returns); partitions owned elsewhere are left.
+        - Otherwise, for a group with no member, the offsets are committed through the admin
+          API (clamped to the retained log) before anyone subscribes.
+        - Where the broker still counts a member elsewhere (running, or killed and not yet
+          expired), the offsets are kept instead: this transport's next member of the group
+          begins each partition there when first assigned it, and commits that position.
+
+        Returns once the offsets are committed or kept; safe to call twice (the last call
+        wins). ``UnknownTopicError`` if the topic does not exist, ``ConfigurationError`` for
+        a negative offset or a partition the topic does not have."""
+        wanted = {int(p): int(o) for p, o in offsets.items()}
+        if any(o < 0 for o in wanted.values()):
+            raise ConfigurationError("seek_partitions offsets must be >= 0")
+        if not wanted:
+            return
+        live = [
+            s for s in self._subscriptions if s.topic == topic and s.group == group and s.started
+        ]
+        if live:
+            await asyncio.gather(*(s.seek_partitions(wanted) for s in live))
+            return
+        start = self._starts.setdefault((topic, group), StartOffsets(topic))
+        if await self.admin.commit_offsets(topic, group, wanted) is not None:
+            start.take((topic, p) for p in wanted)  # committed: nothing left to apply
+            return
+        clamped = await self.admin.clamp_offsets(topic, wanted)
+        log.info("group %r still has a member on the broker: %s will start at %s when "
+                 "assigned", group, topic, clamped)
+        start.put(clamped)
