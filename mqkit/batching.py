@@ -9,7 +9,9 @@ Settlement is still per message, and nothing is acked that did not succeed:
 - the handler returning acks every message of the batch;
 - the handler raising a permanent error dead-letters the whole batch; a transient one nacks
   each message with the retry policy's backoff, or dead-letters it once out of attempts.
-One batch runs at a time per subscription, so order per key is kept.
+One batch runs at a time per subscription, so order per key is kept. A source with an
+optional ``take(max_items, timeout) -> list[Delivery]`` (Kafka) is read a batch at a time
+instead of one ``__anext__`` per message.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from mqkit.middleware.deadletter import PERMANENT
 from mqkit.middleware.retry import EXHAUSTED, RetryPolicy
 
 log = logging.getLogger("mqkit.batch")
+
+IDLE_TAKE_SECONDS = 1.0
+"""How long one ``take`` call waits for a first delivery before asking again."""
 
 
 def item_type(func: UserHandler) -> Any:
@@ -84,6 +89,10 @@ class BatchConsumer:
             await aclose()
 
     async def _loop(self) -> None:
+        take = getattr(self._source, "take", None)
+        if take is not None:
+            await self._loop_taking(take)
+            return
         iterator = aiter(self._source)
         pending: asyncio.Task[Delivery] | None = None
         batch: list[Delivery] = []
@@ -108,6 +117,32 @@ class BatchConsumer:
         except (asyncio.CancelledError, StopAsyncIteration):
             if pending is not None:
                 pending.cancel()
+            if batch:  # fetched but not yet handed over: finish it rather than strand it
+                await self._handle(batch)
+            raise
+
+    async def _loop_taking(
+        self, take: Callable[[int, float], Awaitable[list[Delivery]]]
+    ) -> None:
+        """The same loop for sources that hand out many deliveries per call (``take``)."""
+        loop = asyncio.get_running_loop()
+        batch: list[Delivery] = []
+        try:
+            while True:
+                batch.extend(await take(self._size, IDLE_TAKE_SECONDS))
+                if not batch:
+                    continue
+                window_ends = loop.time() + self._timeout
+                while len(batch) < self._size:
+                    left = window_ends - loop.time()
+                    more = await take(self._size - len(batch), left) if left > 0 else []
+                    if not more:
+                        break
+                    batch.extend(more)
+                current, batch = batch, []
+                self._in_hand = asyncio.ensure_future(self._handle(current))
+                await asyncio.shield(self._in_hand)
+        except asyncio.CancelledError:
             if batch:  # fetched but not yet handed over: finish it rather than strand it
                 await self._handle(batch)
             raise
