@@ -16,7 +16,10 @@ Options (all optional; seconds for durations):
   closing subscription waits for its last pull), ``max_ack_pending`` (10000),
   ``msg_id`` (``idempotency-key``: send the idempotency key, else the message id, as
   ``Nats-Msg-Id``; ``message-id``: always the message id), ``heartbeat`` (ack_wait / 3:
-  how often long handlers' messages are marked in progress).
+  how often long handlers' messages are marked in progress);
+- ``fast_publish`` (true): build the HPUB frames in mqkit and queue them in nats-py's buffer
+  when the connection passes the feature check of ``mqkit_nats.wire`` (else, or with
+  ``false``, every message goes through nats-py's public ``publish``; same bytes either way).
 """
 
 from __future__ import annotations
@@ -29,6 +32,18 @@ from mqkit.url import BrokerURL
 
 MSG_ID_MODES = ("idempotency-key", "message-id")
 STORAGE = ("file", "memory")
+
+
+def _flag(options: dict[str, Any], name: str, default: bool) -> bool:
+    raw = options.pop(name, default)
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"option {name} must be true or false, got {raw!r}")
 
 
 def _number(options: dict[str, Any], name: str, default: float, minimum: float) -> float:
@@ -66,6 +81,7 @@ class NatsConfig:
     max_ack_pending: int = 10_000
     msg_id: str = "idempotency-key"
     heartbeat: float = 10.0
+    fast_publish: bool = True
 
     def __repr__(self) -> str:
         return f"NatsConfig({self.url.safe()!r}, jetstream={self.jetstream})"
@@ -119,6 +135,7 @@ class NatsConfig:
             max_ack_pending=int(_number(merged, "max_ack_pending", 10_000, 1)),
             msg_id=msg_id,
             heartbeat=_number(merged, "heartbeat", ack_wait / 3, 0.05),
+            fast_publish=_flag(merged, "fast_publish", True),
         )
         if merged:
             raise ConfigurationError(

@@ -7,18 +7,27 @@ or trailing whitespace, so such values are percent-encoded and their names liste
 them directly. On JetStream, ``Nats-Msg-Id`` carries the idempotency key (else the message id)
 so the server de-duplicates within the stream's duplicate window.
 
+Header names must be RFC 7230 tokens (letters, digits and ``!#$%&'*+-.^_`|~``), as nats-py
+requires; another name is a ``ConfigurationError`` before anything is sent. Every value
+``encode_headers`` returns is wire-clean (no CR/LF, no surrounding whitespace): ids are
+normalised exactly as nats-py would (stripped, CR/LF as spaces), so the dict is what travels,
+whichever way it is sent (``mqkit_nats.wire`` builds the frame itself).
+
 A message from a raw client (no mqkit headers) decodes too: its id is its ``Nats-Msg-Id``, or
 ``<stream>:<sequence>`` on JetStream, else a fresh id; its timestamp is the stream's.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
 from mqkit.errors import ConfigurationError
 from mqkit.message import Message, new_id
+from mqkit_nats import wire
+from mqkit_nats.wire import HEADER_NAME
 
 ID = "Mqkit-Id"
 KEY = "Mqkit-Key"
@@ -33,16 +42,29 @@ def _needs_encoding(value: str) -> bool:
     return value != value.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
 
 
+_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+
+
+def _wire_value(value: str) -> str:
+    """``value`` as nats-py would send it: stripped, CR and LF turned into spaces."""
+    value = value.strip()
+    if "\r" in value or "\n" in value:
+        value = value.translate(_NEWLINES)
+    return value
+
+
+@functools.lru_cache(maxsize=1024)
 def _check_name(name: str) -> None:
-    if not name or not name.isascii() or any(c.isspace() or c == ":" for c in name):
+    if not HEADER_NAME.fullmatch(name):
         raise ConfigurationError(
-            f"header name {name!r} cannot cross NATS: use ASCII without spaces or ':'"
+            f"header name {name!r} cannot cross NATS: use letters, digits and "
+            "!#$%&'*+-.^_`|~ only (an RFC 7230 token)"
         )
 
 
 def encode_headers(message: Message, msg_id: str | None = None) -> dict[str, str]:
     """The NATS headers for ``message``; ``msg_id`` (JetStream) becomes ``Nats-Msg-Id``."""
-    out: dict[str, str] = {ID: message.id, TIMESTAMP: repr(message.timestamp)}
+    out: dict[str, str] = {ID: _wire_value(message.id), TIMESTAMP: repr(message.timestamp)}
     encoded: list[str] = []
     if message.key is not None:
         if _needs_encoding(message.key):
@@ -60,8 +82,20 @@ def encode_headers(message: Message, msg_id: str | None = None) -> dict[str, str
     if encoded:
         out[ENCODED] = ",".join(encoded)
     if msg_id is not None:
-        out[MSG_ID] = msg_id
+        out[MSG_ID] = _wire_value(msg_id)
     return out
+
+
+def header_block(message: Message, msg_id: str | None = None) -> str:
+    """``encode_headers(message, msg_id)`` as the text of a NATS header block (what
+    ``mqkit_nats.wire.header_block`` makes of it), without the dict for the usual message."""
+    if message.key is None and not message.headers:
+        end = "\r\n" if msg_id is None else f"{MSG_ID}: {_wire_value(msg_id)}\r\n\r\n"
+        return (
+            f"NATS/1.0\r\n{ID}: {_wire_value(message.id)}\r\n"
+            f"{TIMESTAMP}: {message.timestamp!r}\r\n{end}"
+        )
+    return wire.header_block(encode_headers(message, msg_id))
 
 
 def decode_message(
@@ -73,9 +107,17 @@ def decode_message(
     timestamp: float | None = None,
 ) -> Message:
     """The mqkit ``Message`` for a received NATS message (from mqkit or from a raw client)."""
-    raw = dict(headers or {})
-    encoded = set(filter(None, raw.pop(ENCODED, "").split(",")))
-    if encoded:
+    if not headers:  # a raw client's plain message
+        return Message(
+            topic=subject,
+            body=data,
+            id=fallback_id or new_id(),
+            timestamp=timestamp or time.time(),
+        )
+    raw = dict(headers)
+    encoded_names = raw.pop(ENCODED, None)
+    if encoded_names:
+        encoded = set(filter(None, encoded_names.split(",")))
         raw = {k: unquote(v) if k in encoded else v for k, v in raw.items()}
     message_id = raw.pop(ID, None) or raw.get(MSG_ID) or fallback_id or new_id()
     key = raw.pop(KEY, None)

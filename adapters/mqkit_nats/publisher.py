@@ -1,31 +1,45 @@
 """Publishing: core NATS (sent, then flushed) and JetStream (each message's PubAck awaited).
 
-Both check the whole batch against the server's ``max_payload`` before sending anything, so a
-refused batch publishes nothing. Core NATS has no per-message acknowledgement: ``publish``
-returns once the server answered a PING sent after the batch (the batch reached the server;
-with no subscriber it is dropped, which is core NATS's at-most-once contract). JetStream sends
-the batch pipelined (``publish_async``) and returns only when every PubAck arrived; a missing
+Both check the whole batch against the server's ``max_payload`` (headers included) before
+sending anything, so a refused batch publishes nothing. Core NATS has no per-message
+acknowledgement: ``publish`` returns once the server answered a PING sent after the batch (the
+batch reached the server; with no subscriber it is dropped, which is core NATS's at-most-once
+contract). JetStream sends the batch pipelined, each message with a reply subject on this
+publisher's own PubAck inbox (``<inbox>.<n>``, one wildcard subscription per connection, as
+nats-py's ``publish_async`` does), and returns only when every PubAck arrived; a missing
 stream, a refusal or a PubAck that does not come within ``request_timeout`` raises
 ``PublishError`` and the batch may be partly stored (each stored message once: a retry with the
 same messages is de-duplicated by ``Nats-Msg-Id``).
+
+Frames go out through ``mqkit_nats.wire.FastWire`` when the connection passed its feature
+check (``wire`` set by the transport), else through nats-py's public ``publish``: the bytes on
+the wire are the same either way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 from collections.abc import Sequence
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
-from nats.js import JetStreamContext
+from nats.aio.msg import Msg
 
 from mqkit.errors import MessageTooLarge, PublishError
 from mqkit.message import Message
 from mqkit_nats.config import NatsConfig
 from mqkit_nats.errors import translate
-from mqkit_nats.headers import encode_headers, msg_id_for
+from mqkit_nats.headers import encode_headers, header_block, msg_id_for
 from mqkit_nats.subjects import subject
+from mqkit_nats.wire import FastWire, hpub
 
 INBOX_PREFIX = "_INBOX."
+_EMPTY_BLOCK = len(b"NATS/1.0\r\n\r\n")  # a header block's bytes besides its headers
+_PUB_ACK = b'{"stream":'  # how nats-server's PubAck starts (an error starts {"error":)
+_NO_RESPONDERS = "503"
 
 
 def is_inbox(topic: str) -> bool:
@@ -35,34 +49,67 @@ def is_inbox(topic: str) -> bool:
 
 def _size(body: bytes, headers: dict[str, str]) -> int:
     """The bytes ``body`` and ``headers`` take on the wire (each header adds ``: `` and CRLF)."""
-    return len(body) + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
+    return len(body) + _EMPTY_BLOCK + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 def _size_bound(body: bytes, headers: dict[str, str]) -> int:
     """At least ``_size``, without encoding: a character is at most 4 bytes in UTF-8."""
     chars = sum(map(len, headers)) + sum(map(len, headers.values()))
-    return len(body) + 4 * chars + 4 * len(headers)
+    return len(body) + _EMPTY_BLOCK + 4 * chars + 4 * len(headers)
+
+
+def _too_large(message: Message, size: int, limit: int, scheme: str) -> MessageTooLarge:
+    return MessageTooLarge(
+        f"message {message.id} to {message.topic!r} is {size} bytes with its "
+        f"headers; {scheme}:// accepts at most {limit} (the server's max_payload)"
+    )
+
+
+def _msg_id(message: Message, msg_id_mode: str | None) -> str | None:
+    if msg_id_mode is None or is_inbox(message.topic):
+        return None
+    return msg_id_for(message, msg_id_mode)
 
 
 def _encoded(
     messages: Sequence[Message], limit: int, scheme: str, msg_id_mode: str | None
 ) -> list[tuple[str, bytes, dict[str, str]]]:
+    """Subject, body and headers of each message, for the public ``publish``."""
     out = []
     for message in messages:
-        msg_id = None if msg_id_mode is None or is_inbox(message.topic) else msg_id_for(
-            message, msg_id_mode
-        )
-        headers = encode_headers(message, msg_id)
+        headers = encode_headers(message, _msg_id(message, msg_id_mode))
         # The exact size costs a loop per header: only when the cheap bound is over the limit.
         if _size_bound(message.body, headers) > limit:
             size = _size(message.body, headers)
             if size > limit:
-                raise MessageTooLarge(
-                    f"message {message.id} to {message.topic!r} is {size} bytes with its "
-                    f"headers; {scheme}:// accepts at most {limit} (the server's max_payload)"
-                )
+                raise _too_large(message, size, limit, scheme)
         out.append((subject(message.topic), message.body, headers))
     return out
+
+
+def _frames(
+    messages: Sequence[Message],
+    replies: Sequence[str] | None,
+    limit: int,
+    scheme: str,
+    msg_id_mode: str | None,
+) -> tuple[list[bytes], int]:
+    """The HPUB frame of each message (for ``FastWire``) and the bytes of all bodies."""
+    frames = []
+    payload = 0
+    for i, message in enumerate(messages):
+        body = message.body
+        frame, size = hpub(
+            subject(message.topic),
+            replies[i] if replies else "",
+            header_block(message, _msg_id(message, msg_id_mode)),
+            body,
+        )
+        if size > limit:
+            raise _too_large(message, size, limit, scheme)
+        frames.append(frame)
+        payload += len(body)
+    return frames, payload
 
 
 class CorePublisher:
@@ -71,24 +118,106 @@ class CorePublisher:
     def __init__(self, nc: NatsClient, config: NatsConfig) -> None:
         self._nc = nc
         self._config = config
+        self.wire: FastWire | None = None
+        """The fast path, when the connection passed its check (the transport sets it)."""
 
     async def publish(self, messages: Sequence[Message]) -> None:
         nc = self._nc
-        batch = _encoded(messages, nc.max_payload, self._config.url.scheme, None)
+        wire = self.wire
+        scheme = self._config.url.scheme
         with translate(f"publish to {messages[0].topic!r}" if messages else "publish"):
-            for subj, body, headers in batch:
-                await nc.publish(subj, body, headers=headers)
+            if wire is not None:
+                frames, payload = _frames(messages, None, nc.max_payload, scheme, None)
+                await wire.send(frames, payload, written=self._config.request_timeout)
+            else:
+                for subj, body, headers in _encoded(messages, nc.max_payload, scheme, None):
+                    await nc.publish(subj, body, headers=headers)
             await nc.flush(timeout=self._config.request_timeout)  # type: ignore[arg-type]
 
 
-class JetStreamPublisher:
-    """Publishes to JetStream streams, awaiting every PubAck. Safe to use from many tasks."""
+class _Acks:
+    """The PubAcks one ``publish`` call waits for: done at the last one, or at the first error."""
 
-    def __init__(self, nc: NatsClient, js: JetStreamContext, config: NatsConfig) -> None:
+    __slots__ = ("done", "missing")
+
+    def __init__(self, missing: int) -> None:
+        self.missing = missing
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def one(self) -> None:
+        self.missing -= 1
+        if self.missing <= 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def fail(self, exc: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+def _refusal(msg: Msg) -> Exception | None:
+    """The nats-py error for a reply that is not a PubAck (as ``publish_async`` raises it)."""
+    data = msg.data
+    if not data:
+        status = (msg.headers or {}).get("Status")
+        if status == _NO_RESPONDERS:
+            return nats.js.errors.NoStreamResponseError()
+        return nats.errors.Error(f"nats: unexpected reply to a JetStream publish: status {status}")
+    try:
+        response = json.loads(data)
+    except ValueError:
+        response = None
+    if not isinstance(response, dict):
+        return nats.errors.Error("nats: a JetStream publish got a reply that is not a PubAck")
+    if "error" in response:
+        refusal: Exception = nats.js.errors.APIError.from_error(response["error"])
+        return refusal
+    if "stream" not in response or "seq" not in response:
+        return nats.errors.Error("nats: a JetStream publish got a reply that is not a PubAck")
+    return None
+
+
+class JetStreamPublisher:
+    """Publishes to JetStream streams, awaiting every PubAck. Safe to use from many tasks.
+
+    ``start`` (once, at connect) subscribes to the PubAck inbox.
+    """
+
+    def __init__(self, nc: NatsClient, config: NatsConfig) -> None:
         self._nc = nc
-        self._js = js
         self._config = config
         self._core = CorePublisher(nc, config)
+        self._prefix = ""
+        self._numbers = itertools.count()
+        self._waiting: dict[str, _Acks] = {}  # reply subject -> the publish awaiting it
+
+    @property
+    def wire(self) -> FastWire | None:
+        return self._core.wire
+
+    @wire.setter
+    def wire(self, wire: FastWire | None) -> None:
+        self._core.wire = wire
+
+    async def start(self) -> None:
+        """Subscribe to this publisher's PubAck inbox (``<inbox>.*``); safe to call twice."""
+        if not self._prefix:
+            prefix = self._nc.new_inbox() + "."
+            await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+            self._prefix = prefix
+
+    async def _on_ack(self, msg: Msg) -> None:
+        acks = self._waiting.pop(msg.subject, None)
+        if acks is None:
+            return  # its publish gave up (timeout, error, cancelled)
+        data = msg.data
+        if data.startswith(_PUB_ACK) and b'"error"' not in data:
+            acks.one()
+            return
+        refusal = _refusal(msg)
+        if refusal is None:
+            acks.one()
+        else:
+            acks.fail(refusal)
 
     async def publish(self, messages: Sequence[Message]) -> None:
         if not messages:
@@ -97,29 +226,39 @@ class JetStreamPublisher:
             await self._core.publish(messages)
             return
         config = self._config
-        batch = _encoded(messages, self._nc.max_payload, config.url.scheme, config.msg_id)
+        nc = self._nc
+        prefix, numbers = self._prefix, self._numbers
+        assert prefix, "JetStreamPublisher.start() was not awaited"
+        replies = ["" if is_inbox(m.topic) else f"{prefix}{next(numbers)}" for m in messages]
+        expected = [reply for reply in replies if reply]
         what = f"publish to {messages[0].topic!r}"
-        futures: list[asyncio.Future[object]] = []
+        wire = self.wire
+        scheme = config.url.scheme
+        acks = _Acks(len(expected))
         with translate(what):
             try:
-                for (subj, body, headers), message in zip(batch, messages, strict=True):
-                    if is_inbox(message.topic):
-                        await self._nc.publish(subj, body, headers=headers)
-                        continue
-                    futures.append(
-                        await self._js.publish_async(subj, body, headers=headers)  # type: ignore[arg-type]
+                if wire is not None:
+                    frames, payload = _frames(
+                        messages, replies, nc.max_payload, scheme, config.msg_id
                     )
+                    self._waiting.update(dict.fromkeys(expected, acks))
+                    await wire.send(frames, payload)
+                else:
+                    batch = _encoded(messages, nc.max_payload, scheme, config.msg_id)
+                    self._waiting.update(dict.fromkeys(expected, acks))
+                    for (subj, body, headers), reply in zip(batch, replies, strict=True):
+                        await nc.publish(subj, body, reply=reply, headers=headers)
                 async with asyncio.timeout(config.request_timeout):
-                    acks = await asyncio.gather(*futures)
+                    await acks.done
             except TimeoutError as exc:
                 raise PublishError(
-                    f"{what}: {sum(not f.done() for f in futures)} of {len(futures)} "
-                    f"PubAck(s) did not arrive within {config.request_timeout:g}s"
+                    f"{what}: {acks.missing} of {len(expected)} PubAck(s) did not arrive "
+                    f"within {config.request_timeout:g}s"
                 ) from exc
             finally:
-                for future in futures:
-                    if not future.done():
-                        future.cancel()
-                    elif not future.cancelled():
-                        future.exception()  # retrieved: no "never retrieved" warning
-        del acks
+                if acks.missing > 0:
+                    waiting = self._waiting
+                    for reply in expected:
+                        waiting.pop(reply, None)
+                if not acks.done.done():
+                    acks.done.cancel()

@@ -45,6 +45,7 @@ from mqkit_nats.subjects import (
     subject,
 )
 from mqkit_nats.subscriber import CoreSubscription, JetStreamSubscription
+from mqkit_nats.wire import FastWire
 
 log = logging.getLogger("mqkit.nats")
 
@@ -60,6 +61,7 @@ class _Base:
         parsed = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
         self.config = NatsConfig.from_url(parsed, options)
         self._nc: NatsClient | None = None
+        self._publisher: CorePublisher | JetStreamPublisher | None = None
         self._subscriptions: set[Any] = set()
         self._last_error: BaseException | None = None
         self._connect_lock = asyncio.Lock()
@@ -114,6 +116,16 @@ class _Base:
     async def _after_connect(self, nc: NatsClient) -> None:
         pass
 
+    def _check_wire(self) -> None:
+        """Give the publisher the fast path if this connection passes its feature check."""
+        if self._publisher is not None and self._nc is not None:
+            self._publisher.wire = FastWire.detect(self._nc) if self.config.fast_publish else None
+
+    @property
+    def fast_publish(self) -> bool:
+        """Whether publishes currently go through ``mqkit_nats.wire.FastWire``."""
+        return self._publisher is not None and self._publisher.wire is not None
+
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = exc
         log.warning(
@@ -130,6 +142,7 @@ class _Base:
 
     async def _on_reconnected(self) -> None:
         log.warning("NATS %s: reconnected", self.config.url.safe())
+        self._check_wire()  # another server of the cluster may answer now
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None
@@ -200,11 +213,11 @@ class NatsTransport(_Base):
             request_reply=True,
             wildcards=True,
         )
-        self._publisher: CorePublisher | None = None
         self._starting: set[asyncio.Future[None]] = set()
 
     async def _after_connect(self, nc: NatsClient) -> None:
         self._publisher = CorePublisher(nc, self.config)
+        self._check_wire()
 
     async def publish(self, messages: Sequence[Message]) -> None:
         if self._publisher is None or self._nc is None:
@@ -270,7 +283,6 @@ class JetStreamTransport(_Base):
             deduplicates=self.config.msg_id == "idempotency-key",
         )
         self._js: JetStreamContext | None = None
-        self._publisher: JetStreamPublisher | None = None
         self._streams: dict[str, str] = {}  # subject filter -> stream name
 
     async def _after_connect(self, nc: NatsClient) -> None:
@@ -285,7 +297,10 @@ class JetStreamTransport(_Base):
                 f"(start nats-server with -js): {type(exc).__name__}"
             ) from exc
         self._js = js
-        self._publisher = JetStreamPublisher(nc, js, self.config)
+        publisher = JetStreamPublisher(nc, self.config)
+        await publisher.start()
+        self._publisher = publisher
+        self._check_wire()
 
     @property
     def js(self) -> JetStreamContext:
