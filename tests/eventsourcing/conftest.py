@@ -64,3 +64,15 @@ async def sql_store(
     await store.close()
     if request.param == "postgres":
         await drop_tables(url, prefix)
+
+
+@pytest.fixture
+async def effects(postgres_url: str, pg_prefix: str) -> AsyncIterator[str]:
+    """``<prefix>_effects`` (no unique key) and a one-row ``<prefix>_totals``."""
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(f"CREATE TABLE {pg_prefix}_effects (input text, amount bigint)")
+        await conn.execute(f"CREATE TABLE {pg_prefix}_totals (id int PRIMARY KEY, total bigint)")
+        await conn.execute(f"INSERT INTO {pg_prefix}_totals VALUES (1, 0)")
+    yield f"{pg_prefix}_effects"
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(f"DROP TABLE IF EXISTS {pg_prefix}_effects, {pg_prefix}_totals")

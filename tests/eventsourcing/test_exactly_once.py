@@ -9,11 +9,9 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from mqkit import Client
 from mqkit.eventsourcing.exactly_once import (
@@ -25,26 +23,9 @@ from mqkit.eventsourcing.exactly_once import (
 from mqkit.eventsourcing.store import StoreTransaction
 from mqkit.message import Delivery, Message
 from mqkit.testing import wait_until
+from tests.eventsourcing.pg_helpers import count_rows
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def effects(postgres_url: str, pg_prefix: str) -> AsyncIterator[str]:
-    """``<prefix>_effects`` (no unique key) and a one-row ``<prefix>_totals``."""
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        await conn.execute(f"CREATE TABLE {pg_prefix}_effects (input text, amount bigint)")
-        await conn.execute(f"CREATE TABLE {pg_prefix}_totals (id int PRIMARY KEY, total bigint)")
-        await conn.execute(f"INSERT INTO {pg_prefix}_totals VALUES (1, 0)")
-    yield f"{pg_prefix}_effects"
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        await conn.execute(f"DROP TABLE IF EXISTS {pg_prefix}_effects, {pg_prefix}_totals")
-
-
-def count_rows(url: str, table: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-        return int(row[0]) if row else 0
 
 
 async def test_inputs_are_applied_exactly_once_across_random_sigkills(

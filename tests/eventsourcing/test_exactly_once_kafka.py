@@ -10,10 +10,8 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import psycopg
-import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
@@ -24,27 +22,10 @@ from mqkit.message import Delivery
 from mqkit.testing import wait_until
 from mqkit_kafka import KafkaTransport
 from tests.brokers import ROOT
+from tests.eventsourcing.pg_helpers import count_rows
 from tests.kafka.helpers import topic_name
 
 PARTITIONS = 2
-
-
-@pytest.fixture
-async def effects(postgres_url: str, pg_prefix: str) -> AsyncIterator[str]:
-    """``<prefix>_effects`` (no unique key) and a one-row ``<prefix>_totals``."""
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        await conn.execute(f"CREATE TABLE {pg_prefix}_effects (input text, amount bigint)")
-        await conn.execute(f"CREATE TABLE {pg_prefix}_totals (id int PRIMARY KEY, total bigint)")
-        await conn.execute(f"INSERT INTO {pg_prefix}_totals VALUES (1, 0)")
-    yield f"{pg_prefix}_effects"
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        await conn.execute(f"DROP TABLE IF EXISTS {pg_prefix}_effects, {pg_prefix}_totals")
-
-
-def count_rows(url: str, table: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-        return int(row[0]) if row else 0
 
 
 def effects_per_input(url: str, table: str) -> dict[str, int]:
