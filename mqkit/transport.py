@@ -131,6 +131,12 @@ class Transport(Protocol):
     before it reports the subscription started, so a message published after
     ``Client.start()`` returned reaches it even on brokers that route only to live
     subscribers (NATS core). Without it, attaching happens on the first ``__anext__``.
+
+    Two more optional powers of that iterator, used by the core when present:
+    ``concurrent_fetch = True`` says several tasks may await ``__anext__`` at once (the
+    consumer then skips its fetch lock, one event-loop turn per message saved); and
+    ``async take(max_items, timeout) -> list[Delivery]`` hands out many deliveries per call
+    (batch handlers use it).
     """
 
     capabilities: Capabilities
