@@ -79,22 +79,26 @@ def summarize(messages: Iterable[Message]) -> dict[str, int]:
 def replay_copy(letter: Message, topic: str, *, replayed_at: float | None = None) -> Message:
     """The message a replay publishes for ``letter``: a new id, its old id as causation.
 
-    The dead-letter headers (and any attempt header) are dropped so the copy starts fresh;
-    the idempotency key, correlation id, content type and key are kept.
+    The dead-letter headers (and any attempt and de-dup header) are dropped so the copy
+    starts fresh; the idempotency key, correlation id, content type and key are kept.
     """
     stripped = {
         name: value
         for name, value in letter.headers.items()
-        if name not in h.DLQ_HEADERS and name != h.ATTEMPT
+        if name not in h.DLQ_HEADERS and name not in (h.ATTEMPT, h.DEDUP_ID)
     }
     stripped[h.CAUSATION_ID] = letter.id
     stripped[h.DLQ_REPLAYED_AT] = f"{time.time() if replayed_at is None else replayed_at:.6f}"
+    copy_id = new_id()
+    # A de-duplicating broker (JetStream, SQS FIFO) must not drop the replay as a repeat of
+    # the original; consumers still absorb it by its idempotency key if it was handled.
+    stripped[h.DEDUP_ID] = copy_id
     return Message(
         topic=original_topic(letter, topic),
         body=letter.body,
         key=letter.key,
         headers=stripped,
-        id=new_id(),
+        id=copy_id,
     )
 
 
@@ -207,6 +211,10 @@ class _DeadLetterReader:
             if isinstance(item, Delivery):
                 self._kept.append(item)
         kept, self._kept = self._kept, []
+        if getattr(self.client.transport, "releases_unsettled_on_close", False):
+            # The subscription is closed and its unsettled deliveries are back where they
+            # were (Kafka: uncommitted offsets). A nack there would publish a retry copy.
+            return
         for delivery in kept:
             if delivery.settled is None:
                 try:

@@ -186,6 +186,9 @@ def dead_letter_message(
         h.DLQ_ORIGINAL_TOPIC: message.headers.get(h.DLQ_ORIGINAL_TOPIC, message.topic),
         h.DLQ_ATTEMPTS: str(attempt),
         h.DLQ_FAILED_AT: f"{time.time():.6f}",
+        # De-duplicated by its own id: two different messages sharing an idempotency key
+        # must both reach the dead-letter topic of a de-duplicating broker.
+        h.DEDUP_ID: message.id,
     }
     if error is not None:
         extra[h.DLQ_ERROR_TYPE] = type(error).__qualname__

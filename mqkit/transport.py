@@ -137,6 +137,10 @@ class Transport(Protocol):
     consumer then skips its fetch lock, one event-loop turn per message saved); and
     ``async take(max_items, timeout) -> list[Delivery]`` hands out many deliveries per call
     (batch handlers use it).
+
+    A transport may set ``releases_unsettled_on_close = True`` when closing a subscription
+    puts its unsettled deliveries straight back (Kafka: their offsets are not committed);
+    the DLQ reader then lets them go that way instead of nacking them.
     """
 
     capabilities: Capabilities

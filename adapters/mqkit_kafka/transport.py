@@ -29,6 +29,9 @@ class KafkaTransport:
     used from many tasks of one event loop.
     """
 
+    releases_unsettled_on_close = True
+    """Closing a subscription leaves unsettled offsets uncommitted: they come back."""
+
     def __init__(self, url: BrokerURL | str, **options: Any) -> None:
         parsed = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
         self.url = parsed

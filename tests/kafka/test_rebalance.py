@@ -59,12 +59,18 @@ async def test_member_joining_and_leaving_loses_nothing_and_effects_happen_once(
         await first.ensure_topic(topic, groups=[group], partitions=6)
         member(first, "first")
         await first.start()
-        # When 20,000 messages flow while a second member joins, works, and leaves
-        publisher = asyncio.create_task(publish_all(first, topic))
+        # When 20,000 messages flow while a second member joins, works, and leaves: the
+        # publisher keeps a backlog until the joiner has been handed partitions, so the
+        # joiner's share does not depend on how fast the first member drains the topic
+        joined = asyncio.Event()
+        publisher = asyncio.create_task(
+            publish_all(first, topic, hold=lambda: joined.is_set() and by_member["second"] == 0)
+        )
         await wait_until(lambda: sum(effects.values()) >= 3000, TIMEOUT, what="a first share")
         member(second, "second")
         await second.start()
-        await wait_until(lambda: by_member["second"] >= 1000, TIMEOUT, what="the joiner's work")
+        joined.set()
+        await wait_until(lambda: by_member["second"] >= 500, TIMEOUT, what="the joiner's work")
         await second.stop()
         await publisher
         await wait_until(lambda: len(effects) >= COUNT, TIMEOUT, what=f"{COUNT} effects")
@@ -82,8 +88,13 @@ async def test_member_joining_and_leaving_loses_nothing_and_effects_happen_once(
           f"by member {dict(by_member)}")
 
 
-async def publish_all(client: Client, topic: str) -> None:
+async def publish_all(client: Client, topic: str, hold: Any) -> None:
+    """Publish COUNT messages in batches; while ``hold()`` is true, wait between batches."""
     for start in range(0, COUNT, 1000):
         await client.publish_batch(
             topic, range(start, start + 1000), idempotency_key=str, key=lambda n: f"k{n % 97}"
         )
+        for _ in range(300):  # at most 30 s per batch: the joiner's assignment takes seconds
+            if not hold():
+                break
+            await asyncio.sleep(0.1)
