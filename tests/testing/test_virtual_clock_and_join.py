@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from mqkit import Client, Delivery, PermanentError, RetryPolicy, TransientError
+from mqkit import Client, Delivery, Idempotency, PermanentError, RetryPolicy, TransientError
 from mqkit.errors import DeliveryExpired
 from mqkit.memory import MemoryBroker
 from mqkit.message import new_id
+from mqkit.stores.memory import MemoryIdempotencyStore
 from mqkit.testing import HandlerFailed, VirtualClock, join
 from mqkit.testing.clock import settle
 
@@ -133,3 +134,51 @@ async def test_advance_fires_timers_in_time_order() -> None:
     assert fired == ["1", "5"]
     with pytest.raises(ValueError):
         await clock.advance(-1)
+
+
+async def test_exhausted_retries_reach_the_dead_letter_topic_through_virtual_backoff(
+    mqkit_virtual_client: Client, mqkit_clock: VirtualClock
+) -> None:
+    # Given a handler that always fails transiently, with hours of backoff between attempts
+    policy = RetryPolicy(max_attempts=4, base_delay=3600, max_delay=4 * 3600)
+    attempts: list[int] = []
+
+    @mqkit_virtual_client.subscribe("orders", group="g", retry=policy)
+    async def handle(order: str, delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        raise TransientError("payment gateway down")
+
+    await mqkit_virtual_client.start()
+    await mqkit_virtual_client.publish("orders", "o-1")
+    # When join lets virtual hours pass
+    await join(mqkit_virtual_client, clock=mqkit_clock, raise_failures=False)
+    # Then every attempt ran and the message is in the dead-letter topic with its headers
+    assert attempts == [1, 2, 3, 4]
+    letter = await anext(mqkit_virtual_client.consume("orders.dlq", group="mqkit.dlq"))
+    assert letter.message.headers["x-dlq-reason"] == "retries-exhausted"
+    assert letter.message.headers["x-dlq-attempts"] == "4"
+
+
+async def test_a_key_held_by_another_worker_is_retried_on_the_virtual_clock(
+    mqkit_virtual_client: Client, mqkit_clock: VirtualClock
+) -> None:
+    # Given another worker holding the idempotency key of the message
+    store = MemoryIdempotencyStore()
+    await store.claim("g:pay-1", lease=60)
+    charged: list[int] = []
+
+    @mqkit_virtual_client.subscribe(
+        "payments", group="g", middleware=[Idempotency(store, busy_retry_delay=30)]
+    )
+    async def charge(payment: str, delivery: Delivery) -> None:
+        charged.append(delivery.attempt)
+
+    await mqkit_virtual_client.start()
+    await mqkit_virtual_client.publish("payments", "p", idempotency_key="pay-1")
+    await settle()
+    assert charged == []  # held back, not lost, not charged
+    # When the other worker gives up and 30 virtual seconds pass
+    await store.release("g:pay-1")
+    await join(mqkit_virtual_client, clock=mqkit_clock)
+    # Then it is charged once, on its second delivery
+    assert charged == [2]
