@@ -93,6 +93,22 @@ class CoreDelivery(Delivery):
         self._subscription._redeliver(self, delay)
 
 
+async def flush_after_pending(nc: NatsClient, limit: float = 2.0) -> None:
+    """A server round trip that really follows the commands already queued.
+
+    nats-py's ``flush()`` puts its PING at the front of the pending buffer, so a PONG alone
+    does not prove the server has seen a SUB still waiting in that buffer (a queue-group
+    member could miss messages published right after). Wait, boundedly, until the buffer
+    has been handed to the socket, then flush.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    # nats-py has no event for "buffer written": poll its public counter.
+    while nc.pending_data_size and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.001)
+    await nc.flush()
+
+
 class CoreSubscription:
     """Async iterator of deliveries from a core NATS queue group. See the module docstring."""
 
@@ -142,7 +158,7 @@ class CoreSubscription:
     async def _subscribe(self) -> None:
         for subject in self._filters:
             self._subs.append(await self._nc.subscribe(subject, queue=self._group, cb=self._on_msg))
-        await self._nc.flush()
+        await flush_after_pending(self._nc)
 
     async def _on_msg(self, msg: Msg) -> None:
         if self._closed:
