@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -264,11 +264,7 @@ class Client:
     ) -> AsyncGenerator[Delivery, None]:
         """Iterate over deliveries yourself; you ack, nack or dead-letter each one."""
         await self.connect()
-        await self._ensure_dead_letter_topic(topic)
-        if not _is_pattern(topic):
-            await self.transport.ensure_topic(TopicSpec(topic, groups=(group,)))
-        source = self.transport.subscribe(topic, group, prefetch=prefetch)
-        await _attach(source)
+        source = await self._open(topic, group, prefetch)
         try:
             async for delivery in source:
                 delivery.state["group"] = group
@@ -289,15 +285,9 @@ class Client:
         self._stop.clear()
         for spec, func, stack in self._subscriptions[self._started :]:
             self._started += 1
-            await self._ensure_dead_letter_topic(spec.topic)
-            if not _is_pattern(spec.topic):
-                await self.transport.ensure_topic(
-                    TopicSpec(spec.topic, groups=(spec.group,), max_deliveries=_attempts(stack))
-                )
-            source = self.transport.subscribe(
-                spec.topic, spec.group, prefetch=spec.effective_prefetch
+            source = await self._open(
+                spec.topic, spec.group, spec.effective_prefetch, _attempts(stack)
             )
-            await _attach(source)
             consumer = Consumer(
                 spec,
                 source,
@@ -310,19 +300,12 @@ class Client:
         for spec, func, target, size, window, retry in self._batch_subscriptions[
             self._started_batches :
         ]:
-            await self._ensure_dead_letter_topic(spec.topic)
-            if not _is_pattern(spec.topic):
-                await self.transport.ensure_topic(
-                    TopicSpec(spec.topic, groups=(spec.group,), max_deliveries=retry.max_attempts)
-                )
-            batch_source = self.transport.subscribe(
-                spec.topic, spec.group, prefetch=spec.effective_prefetch
-            )
-            await _attach(batch_source)
             batch_consumer = BatchConsumer(
                 spec.topic,
                 spec.group,
-                batch_source,
+                await self._open(
+                    spec.topic, spec.group, spec.effective_prefetch, retry.max_attempts
+                ),
                 func,
                 target,
                 batch_size=size,
@@ -332,6 +315,19 @@ class Client:
             batch_consumer.start()
             self._consumers.append(batch_consumer)
             self._started_batches += 1
+
+    async def _open(
+        self, topic: str, group: str, prefetch: int, max_deliveries: int | None = None
+    ) -> AsyncIterator[Delivery]:
+        """Declare the topic, its group and its dead-letter topic; subscribe and attach."""
+        await self._ensure_dead_letter_topic(topic)
+        if not _is_pattern(topic):
+            await self.transport.ensure_topic(
+                TopicSpec(topic, groups=(group,), max_deliveries=max_deliveries)
+            )
+        source = self.transport.subscribe(topic, group, prefetch=prefetch)
+        await _attach(source)
+        return source
 
     def _check_requirements(self) -> None:
         problems = [
