@@ -436,7 +436,20 @@ def _checked_headers(headers: Mapping[str, str]) -> dict[str, str]:
             raise ConfigurationError(
                 f"header {name!r} must map str to str, got {type(value).__name__}"
             )
+        if name in h.RESERVED:
+            raise ConfigurationError(f"header {name!r} is reserved for mqkit's bookkeeping")
+        if not (name.isascii() and value.isascii()) and not _utf8(name + value):
+            # Lone surrogates (undecodable bytes let through): no broker can carry them.
+            raise ConfigurationError(f"header {name!r} is not valid UTF-8 text")
     return dict(headers)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _attach(source: Any) -> None:

@@ -14,6 +14,14 @@ CORRELATION_ID = "correlation-id"
 CAUSATION_ID = "causation-id"
 CONTENT_TYPE = "content-type"
 ATTEMPT = "x-mqkit-attempt"
+RESERVED = frozenset(
+    {ATTEMPT, "x-mqkit-id", "x-mqkit-topic", "x-mqkit-not-before", "x-mqkit-key",
+     "x-mqkit-timestamp"}
+)
+"""Names adapters keep their own bookkeeping in (a retry copy's attempt, original topic and
+not-before time; the id, key and timestamp where the broker has no field for them). They are
+trusted on receipt, so ``Client`` refuses them from a publisher: a forged attempt count
+would dead-letter a message early, a forged topic would misroute it."""
 REPLY_TO = "reply-to"
 PAYLOAD_TYPE = "x-mqkit-type"
 

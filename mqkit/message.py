@@ -75,9 +75,16 @@ class Message:
 
     @property
     def size(self) -> int:
-        """Bytes on the wire, roughly: body plus header names and values (computed once)."""
+        """Bytes on the wire, roughly: body plus header names and values in UTF-8 (computed
+        once). Bytes, not characters: a header of multi-byte text counts what it weighs."""
         if self._size < 0:
-            size = len(self.body) + sum(len(k) + len(v) for k, v in self.headers.items())
+            size = len(self.body)
+            for k, v in self.headers.items():
+                if k.isascii() and v.isascii():
+                    size += len(k) + len(v)
+                else:
+                    size += len(k.encode("utf-8", "surrogatepass"))
+                    size += len(v.encode("utf-8", "surrogatepass"))
             object.__setattr__(self, "_size", size)
         return self._size
 
@@ -183,7 +190,13 @@ def dead_letter_message(
     """The copy of ``message`` that goes to its dead-letter topic, with the error headers."""
     extra: dict[str, str] = {
         h.DLQ_REASON: reason,
-        h.DLQ_ORIGINAL_TOPIC: message.headers.get(h.DLQ_ORIGINAL_TOPIC, message.topic),
+        # Only a dead letter's own header names its original topic: on any other message
+        # it is a publisher's data, and trusting it would let a replay misroute the message.
+        h.DLQ_ORIGINAL_TOPIC: (
+            message.headers.get(h.DLQ_ORIGINAL_TOPIC, message.topic)
+            if message.topic.endswith(DLQ_SUFFIX)
+            else message.topic
+        ),
         h.DLQ_ATTEMPTS: str(attempt),
         h.DLQ_FAILED_AT: f"{time.time():.6f}",
         # De-duplicated by its own id: two different messages sharing an idempotency key
