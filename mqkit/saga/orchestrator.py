@@ -149,7 +149,7 @@ class Orchestrator:
                             entries=[first])
         if await self.store.create(record):
             await self._notify(Transition(saga_id, definition.name, SagaState.RUNNING, first))
-            return await self._drive_once(definition, record)
+            return await self._drive_once(definition, record, current=True)
         existing = await self._load(saga_id)
         if existing.name != definition.name or existing.data != data:
             raise SagaConflict(
@@ -200,13 +200,23 @@ class Orchestrator:
             await self._caller.close()
 
     # --- driving ----------------------------------------------------------------------
-    async def _drive_once(self, saga: Saga, record: SagaRecord) -> SagaOutcome:
+    async def _drive_once(
+        self, saga: Saga, record: SagaRecord, *, current: bool = False
+    ) -> SagaOutcome:
         task = self._active.get(record.id)
         if task is None:
-            task = asyncio.ensure_future(self._drive(_Run(saga, record)))
+            # Unless it was just created, ``record`` may have been read before another drive
+            # of this saga ended: driving from it would redo logged steps. Read the log again
+            # once this drive is registered, so no other drive can be running.
+            work = (self._drive(_Run(saga, record)) if current
+                    else self._drive_latest(saga, record.id))
+            task = asyncio.ensure_future(work)
             self._active[record.id] = task
             task.add_done_callback(lambda _: self._active.pop(record.id, None))
         return await asyncio.shield(task)
+
+    async def _drive_latest(self, saga: Saga, saga_id: str) -> SagaOutcome:
+        return await self._drive(_Run(saga, await self._load(saga_id)))
 
     async def _drive(self, run: _Run) -> SagaOutcome:
         p = run.p
