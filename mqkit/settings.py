@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mqkit.url import redact_url
+from mqkit.url import redact_options, redact_url
 
 
 class Settings(BaseSettings):
@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
+
+    def __repr_args__(self) -> Any:
+        # Options may hold secrets (sasl.password, token...): show them redacted.
+        for name, value in super().__repr_args__():
+            yield name, redact_options(value) if name == "options" else value
 
     @property
     def safe_url(self) -> str:

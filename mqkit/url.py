@@ -115,6 +115,24 @@ def redact_options(options: dict[str, object]) -> dict[str, object]:
     return {k: (REDACTED if is_secret_name(k) else v) for k, v in options.items()}
 
 
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_urls_in_text(text: str) -> str:
+    """``text`` with the secrets of every URL in it hidden (see ``redact_url``).
+
+    For error texts that may quote a connection URL (a handler's exception); URLs without
+    a secret are left exactly as they were.
+    """
+
+    def one(match: re.Match[str]) -> str:
+        url = match.group(0)
+        redacted = redact_url(url)
+        return redacted if REDACTED in redacted else url
+
+    return _URL_IN_TEXT.sub(one, text) if "://" in text else text
+
+
 def redact_text(text: str, secrets: list[str]) -> str:
     """``text`` with every occurrence of each non-empty secret replaced by ``***``."""
     for secret in secrets:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import boto3
 from botocore.config import Config
 
+from mqkit_sqs import redaction
 from mqkit_sqs.config import SqsConfig
 
 T = TypeVar("T")
@@ -41,6 +42,7 @@ class Connection:
         """Create the clients (no network I/O). Safe to call twice."""
         if self.sqs is not None:
             return
+        redaction.install()  # botocore's DEBUG records would show the credentials
         session = boto3.session.Session(region_name=self.config.region)
         short = Config(
             connect_timeout=self.config.connect_timeout,

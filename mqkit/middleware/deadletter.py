@@ -15,6 +15,7 @@ from mqkit.errors import Classifier, ErrorKind, default_classifier
 from mqkit.message import DLQ_SUFFIX, Delivery
 from mqkit.middleware.base import Handler, group_of
 from mqkit.middleware.retry import EXHAUSTED
+from mqkit.url import redact_urls_in_text
 
 log = logging.getLogger("mqkit.deadletter")
 
@@ -45,7 +46,7 @@ class DeadLetter:
                         delivery.message.id,
                         delivery.message.topic,
                         type(exc).__name__,
-                        exc,
+                        redact_urls_in_text(str(exc)),
                     )
                     await delivery.nack(delay=DEAD_LETTER_RETRY_DELAY)
                     return None
@@ -61,7 +62,7 @@ class DeadLetter:
                     delivery.message.topic,
                     delivery.attempt,
                     type(exc).__name__,
-                    exc,
+                    redact_urls_in_text(str(exc)),
                 )
                 return None
 

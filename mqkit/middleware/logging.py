@@ -8,6 +8,7 @@ from typing import Any
 
 from mqkit.message import Delivery
 from mqkit.middleware.base import Handler, group_of
+from mqkit.url import redact_urls_in_text
 
 log = logging.getLogger("mqkit.consumer")
 
@@ -42,7 +43,7 @@ class Logging:
                     logger.warning(
                         "handler failed: %s: %s",
                         type(exc).__name__,
-                        exc,
+                        redact_urls_in_text(str(exc)),
                         extra={"mqkit": fields(delivery, started)},
                     )
                 raise
