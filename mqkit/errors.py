@@ -5,7 +5,8 @@
     │   └── UnknownTransportError
     ├── ConnectionFailed            broker unreachable, wrong credentials (TransportError)
     ├── PublishError                the broker refused or did not confirm a publish
-    │   └── MessageTooLarge
+    │   ├── MessageTooLarge
+    │   └── PublishTimeout          no confirm in time: stored or not is unknown
     ├── RequestTimeout              request/reply got no answer in time
     ├── AlreadySettledError         ack/nack/dead_letter called twice on one delivery
     ├── DeliveryExpired             settled after the broker's ack timeout redelivered it
@@ -57,6 +58,14 @@ class PublishError(MqkitError):
 
 class MessageTooLarge(PublishError, PermanentError):
     """The message exceeds the transport's ``max_message_bytes``."""
+
+
+class PublishTimeout(PublishError, TimeoutError):
+    """No confirm arrived within the publish timeout: the outcome is indeterminate.
+
+    The broker may have stored the message (or some messages of the batch) or not. Publish
+    it again with the same message id; consumers de-duplicate by id.
+    """
 
 
 class RequestTimeout(TransientError, TimeoutError):

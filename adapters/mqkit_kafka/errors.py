@@ -3,6 +3,7 @@
     KafkaError code                                  mqkit error
     MSG_SIZE_TOO_LARGE, RECORD_LIST_TOO_LARGE        MessageTooLarge
     UNKNOWN_TOPIC_OR_PART, _UNKNOWN_TOPIC/PARTITION  UnknownTopicError (PublishError, permanent)
+    _MSG_TIMED_OUT while publishing                  PublishTimeout (outcome unknown)
     *_AUTHORIZATION_FAILED                           AuthorizationError
     SASL_AUTHENTICATION_FAILED, _AUTHENTICATION,     ConnectionFailed
     _TRANSPORT, _ALL_BROKERS_DOWN, _TIMED_OUT
@@ -24,6 +25,7 @@ from mqkit.errors import (
     MqkitError,
     PermanentError,
     PublishError,
+    PublishTimeout,
 )
 from mqkit.url import redact_text
 
@@ -93,6 +95,9 @@ def convert(
         return AuthorizationError(text)
     if code in _UNREACHABLE:
         return ConnectionFailed(text)
+    if publishing and code == KafkaError._MSG_TIMED_OUT:
+        # No delivery report within message.timeout.ms: it may have been written.
+        return PublishTimeout(f"{text} (within publish_timeout; it may have been stored)")
     if publishing:
         return PublishError(text)
     return ConnectionFailed(text)

@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from mqkit.errors import MqkitError, PublishError
+from mqkit.errors import MqkitError, PublishError, PublishTimeout
 from mqkit.message import Message
 from mqkit_kafka.errors import convert
 from mqkit_kafka.headers import encode_headers, encode_key, encode_value
@@ -83,6 +83,8 @@ class Publisher:
     def __init__(self, conf: dict[str, Any], secrets: list[str]) -> None:
         self._conf = conf
         self._secrets = secrets
+        # librdkafka checks message timeouts once a second: publish keeps its own deadline.
+        self._timeout = float(conf.get("message.timeout.ms", 300_000)) / 1000
         self._producer: Producer | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -114,13 +116,15 @@ class Publisher:
         """Send ``messages``; return once every one was acknowledged by the broker (acks=all).
 
         Raises the converted error of the first failed delivery (``MessageTooLarge``,
-        ``UnknownTopicError``, ``AuthorizationError``, ``PublishError``...). With
+        ``UnknownTopicError``, ``AuthorizationError``, ``PublishError``...), or
+        ``PublishTimeout`` once ``message.timeout.ms`` passed without every report. With
         ``partitions`` it returns the partition each message went to.
         """
         if not messages:
             return []
         producer = self.producer
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         batch = _Batch(loop, len(messages), partitions)
         produce = producer.produce
         sent = 0
@@ -148,7 +152,14 @@ class Publisher:
                 exc, f"publishing to {messages[sent].topic!r}", publishing=True,
                 secrets=self._secrets,
             ) from exc
-        await batch.future
+        try:
+            async with asyncio.timeout_at(deadline):
+                await batch.future
+        except TimeoutError as exc:
+            raise PublishTimeout(
+                f"publishing to {messages[0].topic!r}: {batch.remaining} of {len(messages)} "
+                f"message(s) not confirmed within {self._timeout:g}s; they may still be written"
+            ) from exc
         if batch.error is not None:
             raise _delivery_error(batch.error, messages[0].topic, self._secrets)
         return batch.partitions or []

@@ -86,6 +86,8 @@ class KafkaTransport:
         if self._connected:
             self._connected = False
             await self.publisher.close()
+        # Dropping the AdminClient closes its broker connections (it has no close()).
+        self._admin = None
 
     async def publish(self, messages: Sequence[Message]) -> None:
         """Returns once every message was written with acks=all; see ``Publisher.publish``."""

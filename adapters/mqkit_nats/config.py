@@ -10,6 +10,10 @@ Options (all optional; seconds for durations):
 - ``connect_timeout`` (5): give up connecting after this long, with ``ConnectionFailed``;
 - ``request_timeout`` (5): JetStream API calls and PubAcks;
 - ``name``: connection name shown in the server's monitoring;
+- ``ping_interval`` (120) and ``max_outstanding_pings`` (2): a PING every ``ping_interval``
+  seconds; the connection is declared stale and reconnected once more than
+  ``max_outstanding_pings`` go unanswered (nats-py's defaults; lower them to notice a silent
+  network partition sooner);
 - JetStream only: ``ack_wait`` (30), ``max_deliver`` (-1: unlimited, mqkit's retry policy
   decides), ``duplicate_window`` (120), ``storage`` (``file`` or ``memory``), ``replicas`` (1),
   ``fetch_wait`` (1: how long one pull request waits for messages; also the longest a
@@ -71,6 +75,8 @@ class NatsConfig:
     creds: str | None = None
     name: str | None = None
     connect_timeout: float = 5.0
+    ping_interval: float = 120.0
+    max_outstanding_pings: int = 2
     request_timeout: float = 5.0
     ack_wait: float = 30.0
     max_deliver: int = -1
@@ -125,6 +131,8 @@ class NatsConfig:
             creds=merged.pop("creds", None),
             name=merged.pop("name", None),
             connect_timeout=_number(merged, "connect_timeout", 5.0, 0.1),
+            ping_interval=_number(merged, "ping_interval", 120.0, 0.1),
+            max_outstanding_pings=int(_number(merged, "max_outstanding_pings", 2, 1)),
             request_timeout=_number(merged, "request_timeout", 5.0, 0.1),
             ack_wait=ack_wait,
             max_deliver=max_deliver,
@@ -151,6 +159,8 @@ class NatsConfig:
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.5,
+            "ping_interval": self.ping_interval,
+            "max_outstanding_pings": self.max_outstanding_pings,
         }
         if self.name:
             kwargs["name"] = self.name

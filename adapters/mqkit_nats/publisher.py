@@ -28,7 +28,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from mqkit.errors import MessageTooLarge, PublishError
+from mqkit.errors import MessageTooLarge, PublishError, PublishTimeout
 from mqkit.message import Message
 from mqkit_nats.config import NatsConfig
 from mqkit_nats.errors import translate
@@ -125,7 +125,12 @@ class CorePublisher:
         nc = self._nc
         wire = self.wire
         scheme = self._config.url.scheme
-        with translate(f"publish to {messages[0].topic!r}" if messages else "publish"):
+        what = f"publish to {messages[0].topic!r}" if messages else "publish"
+        if not nc.is_connected:
+            # nats-py would buffer the batch for after a reconnect and its flush would return
+            # at once: refuse instead, with nothing sent.
+            raise PublishError(f"{what}: not connected to NATS (reconnecting); nothing was sent")
+        with translate(what):
             if wire is not None:
                 frames, payload = _frames(messages, None, nc.max_payload, scheme, None)
                 await wire.send(frames, payload, written=self._config.request_timeout)
@@ -133,6 +138,11 @@ class CorePublisher:
                 for subj, body, headers in _encoded(messages, nc.max_payload, scheme, None):
                     await nc.publish(subj, body, headers=headers)
             await nc.flush(timeout=self._config.request_timeout)  # type: ignore[arg-type]
+        if not nc.is_connected:
+            # The connection dropped before the server answered the flush: the batch may
+            # still go out from the reconnect buffer, or may be lost with it.
+            raise PublishTimeout(f"{what}: the connection was lost before the server "
+                                 "confirmed; the messages may be sent after reconnecting")
 
 
 class _Acks:
@@ -251,7 +261,7 @@ class JetStreamPublisher:
                 async with asyncio.timeout(config.request_timeout):
                     await acks.done
             except TimeoutError as exc:
-                raise PublishError(
+                raise PublishTimeout(
                     f"{what}: {acks.missing} of {len(expected)} PubAck(s) did not arrive "
                     f"within {config.request_timeout:g}s"
                 ) from exc

@@ -20,6 +20,7 @@ from typing import Any
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 from pika.connection import Connection
+from pika.heartbeat import HeartbeatChecker
 
 from mqkit.errors import ConnectionFailed, MqkitError
 from mqkit_rabbitmq.config import RabbitConfig
@@ -119,6 +120,28 @@ class Chan:
                     await fut
 
 
+class _PromptHeartbeat(HeartbeatChecker):  # type: ignore[misc]
+    """pika's heartbeat checker, with a check window of one heartbeat timeout.
+
+    pika pads its window to timeout + 5 s and drops the connection after one silent window,
+    so a silent peer took up to 2 x (timeout + 5) s to notice (12 s with ``heartbeat=1``).
+    The broker sends a heartbeat every timeout / 2 s, so a healthy connection receives bytes
+    in every window of one timeout; a silent one is now dropped within two heartbeats.
+    """
+
+    def _start_check_timer(self) -> None:
+        self._check_interval = self._timeout
+        super()._start_check_timer()
+
+
+class _Connection(AsyncioConnection):  # type: ignore[misc]
+    """pika's asyncio connection with ``_PromptHeartbeat``."""
+
+    def _create_heartbeat_checker(self) -> HeartbeatChecker | None:
+        timeout = self.params.heartbeat  # the negotiated value, once tuned
+        return _PromptHeartbeat(self, timeout) if timeout else None
+
+
 class Link:
     """One AMQP connection that comes back after it is lost.
 
@@ -179,7 +202,7 @@ class Link:
             if not fut.done():
                 fut.set_exception(exc if isinstance(exc, BaseException) else ConnectionError(exc))
 
-        conn = AsyncioConnection(
+        conn = _Connection(
             self.config.parameters(),
             on_open_callback=opened,
             on_open_error_callback=failed,

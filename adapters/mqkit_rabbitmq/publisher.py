@@ -23,7 +23,7 @@ from pika import exceptions as px
 from pika.frame import Method
 from pika.spec import Basic
 
-from mqkit.errors import ConnectionFailed, MqkitError, PublishError
+from mqkit.errors import ConnectionFailed, MqkitError, PublishError, PublishTimeout
 from mqkit_rabbitmq.config import RabbitConfig
 from mqkit_rabbitmq.connection import Chan, Link
 from mqkit_rabbitmq.errors import NO_ROUTE, channel_error
@@ -173,7 +173,7 @@ class Publisher:
                 async with asyncio.timeout(max(0.0, deadline - loop.time())):
                     await asyncio.shield(batch.fut)
             except TimeoutError as exc:
-                raise PublishError(
+                raise PublishTimeout(
                     f"the broker did not confirm {batch.remaining} of {len(todo)} message(s) "
                     f"within {self._config.publish_timeout:g}s"
                 ) from exc
