@@ -1,46 +1,31 @@
-"""The broker restarted mid-stream (scripts/brokers): nothing is lost.
+"""The broker shut down and started again mid-stream: nothing is lost.
 
-Restarts the RabbitMQ that ``scripts/brokers`` manages; skipped where another RabbitMQ is
-used (its process is not ours to restart).
+A graceful stop (the broker closes its connections with a reason) on a dedicated RabbitMQ of
+the fault suite's (tests/faults/instances.py), never the shared one other tests use; the
+fault suite kills it with SIGKILL as well (tests/faults/test_broker_restart.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-from pathlib import Path
-
-import pytest
 
 from mqkit.errors import MqkitError
 from mqkit.message import Message
 from mqkit.testing import wait_until
 from mqkit.transport import TopicSpec
-from tests.rabbitmq.conftest import TransportFactory
+from mqkit_rabbitmq import RabbitMQTransport
+from tests.faults.instances import BrokerInstance
 
-ROOT = Path(__file__).resolve().parents[2]
-BROKERS = ROOT / "scripts" / "brokers"
 TOTAL = 400
 
 
-def brokers(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BROKERS), *args], capture_output=True, text=True, timeout=180,
-                          check=False)
-
-
-@pytest.fixture
-def managed_rabbitmq(rabbitmq_url: str) -> str:
-    if "127.0.0.1:5672" not in rabbitmq_url or brokers("status", "rabbitmq").returncode != 0:
-        pytest.skip("RabbitMQ is not the one scripts/brokers runs here; cannot restart it")
-    return rabbitmq_url
-
-
-async def test_broker_restart_mid_stream_loses_nothing(
-    managed_rabbitmq: str, make_transport: TransportFactory
-) -> None:
+async def test_broker_restart_mid_stream_loses_nothing(dedicated_rabbitmq: BrokerInstance) -> None:
     # Given a producer and a consumer on a durable queue, messages flowing
-    producer = await make_transport(publish_timeout=60, reconnect_max_delay=1)
-    consumer = await make_transport(reconnect_max_delay=1)
+    url = dedicated_rabbitmq.url()
+    producer = RabbitMQTransport(url, publish_timeout=60, reconnect_max_delay=1)
+    consumer = RabbitMQTransport(url, reconnect_max_delay=1)
+    await producer.connect()
+    await consumer.connect()
     await producer.ensure_topic(TopicSpec("ledger", groups=("g",)))
     confirmed: set[int] = set()
     failed: set[int] = set()
@@ -67,15 +52,17 @@ async def test_broker_restart_mid_stream_loses_nothing(
     producing = asyncio.create_task(produce())
     await wait_until(lambda: len(delivered) >= 50, 30, what="the stream to start")
     # When the broker restarts mid-stream
-    down = await asyncio.to_thread(brokers, "down", "rabbitmq")
-    up = await asyncio.to_thread(brokers, "up", "rabbitmq")
-    assert up.returncode == 0, up.stdout + up.stderr
-    assert down.returncode == 0, down.stdout + down.stderr
+    await asyncio.to_thread(dedicated_rabbitmq.stop)
+    await asyncio.to_thread(dedicated_rabbitmq.start)
     await asyncio.wait_for(producing, 120)
     # Then every confirmed message is delivered, after both sides reconnected
-    await wait_until(lambda: confirmed <= delivered, 60, what="every confirmed message")
-    consuming.cancel()
-    await asyncio.gather(consuming, return_exceptions=True)
+    try:
+        await wait_until(lambda: confirmed <= delivered, 60, what="every confirmed message")
+    finally:
+        consuming.cancel()
+        await asyncio.gather(consuming, return_exceptions=True)
+        await producer.close()
+        await consumer.close()
     assert producer.reconnects >= 1 and consumer.reconnects >= 1
     assert confirmed | failed == set(range(TOTAL))
     assert confirmed - delivered == set(), "lost messages"
