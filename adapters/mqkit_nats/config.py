@@ -20,7 +20,8 @@ Options (all optional; seconds for durations):
   closing subscription waits for its last pull), ``max_ack_pending`` (10000),
   ``msg_id`` (``idempotency-key``: send the idempotency key, else the message id, as
   ``Nats-Msg-Id``; ``message-id``: always the message id), ``heartbeat`` (ack_wait / 3:
-  how often long handlers' messages are marked in progress);
+  how often long handlers' messages are marked in progress; 0: never, so a handler that
+  outlives AckWait sees its message redelivered and its late ack logged as stale);
 - ``fast_publish`` (true): build the HPUB frames in mqkit and queue them in nats-py's buffer
   when the connection passes the feature check of ``mqkit_nats.wire`` (else, or with
   ``false``, every message goes through nats-py's public ``publish``; same bytes either way).
@@ -142,7 +143,7 @@ class NatsConfig:
             fetch_wait=_number(merged, "fetch_wait", 1.0, 0.05),
             max_ack_pending=int(_number(merged, "max_ack_pending", 10_000, 1)),
             msg_id=msg_id,
-            heartbeat=_number(merged, "heartbeat", ack_wait / 3, 0.05),
+            heartbeat=_heartbeat(merged, ack_wait),
             fast_publish=_flag(merged, "fast_publish", True),
         )
         if merged:
@@ -173,3 +174,10 @@ class NatsConfig:
         if self.creds:
             kwargs["user_credentials"] = self.creds
         return kwargs
+
+
+def _heartbeat(options: dict[str, Any], ack_wait: float) -> float:
+    value = _number(options, "heartbeat", ack_wait / 3, 0)
+    if 0 < value < 0.05:
+        raise ConfigurationError(f"option heartbeat must be 0 (off) or >= 0.05, got {value:g}")
+    return value

@@ -11,12 +11,19 @@ while the process lives; what is waiting for redelivery when the subscription cl
 JetStream (at least once): a durable pull consumer per group (explicit ack). One background
 task keeps at most ``prefetch`` messages fetched-or-unsettled; ``ack`` acks, ``nack(delay)``
 naks with that delay, dead-lettering publishes the copy then *terminates* the original (the
-server never redelivers it); ``attempt`` is the server's ``num_delivered``. While a handler
-runs longer than ``heartbeat`` seconds its message is marked in progress (``+WPI``) every
-``heartbeat`` seconds, so AckWait does not expire under it. On ``aclose`` the subscription stops
-pulling, waits for its last pull (at most ``fetch_wait``) and naks what it fetched but never
-handed out, so another consumer gets it at once; deliveries already handed out can still be
-settled. After a reconnect pulling simply resumes: the durable consumer lives on the server.
+server never redelivers it); ``attempt`` is the server's ``num_delivered``. A message whose
+lease (the consumer's AckWait, counted from its fetch or its last ``+WPI``) was last renewed
+``heartbeat`` seconds ago is marked in progress again while its handler runs, so AckWait does
+not expire under it; ``heartbeat=0`` turns this off. A settlement that comes after the lease ran
+out unrenewed is still sent, and logged as a "stale ack" warning: the server may have given the
+message to another consumer meanwhile. On ``aclose`` the subscription stops pulling, waits for
+its last pull (at most ``fetch_wait``) and naks what it fetched but never handed out, so another
+consumer gets it at once; deliveries already handed out can still be settled. After a reconnect
+pulling simply resumes: the durable consumer lives on the server.
+
+Both subscriptions also hand out deliveries in bulk: ``take(max_items, timeout)`` waits up to
+``timeout`` seconds for a first one, then returns up to ``max_items`` of those already received
+(the core's batch handlers use it: one wake-up per batch instead of one per message).
 """
 
 from __future__ import annotations
@@ -180,28 +187,56 @@ class CoreSubscription:
         while True:
             if self._closed:
                 raise StopAsyncIteration
-            if self._unsettled < self._prefetch:
-                if self._again:
-                    delivery = self._again.popleft()
-                    redelivered = CoreDelivery(
-                        delivery.message,
-                        delivery.attempt + 1,
-                        delivery._raw,
-                        self,
-                        self._dead_letter_publisher,
-                    )
-                    self._unsettled += 1
-                    return redelivered
-                incoming = self._incoming
-                if incoming:
-                    if len(incoming) >= self._room_for:
-                        self._room.open()
-                    msg = incoming.popleft()
-                    self._unsettled += 1
-                    return CoreDelivery(
-                        _decode_core(msg), 1, msg, self, self._dead_letter_publisher
-                    )
+            delivery = self._next_ready()
+            if delivery is not None:
+                return delivery
             await self._gate.wait()
+
+    async def take(self, max_items: int, timeout: float) -> list[CoreDelivery]:
+        """Up to ``max_items`` deliveries: waits at most ``timeout`` seconds for the first,
+        then returns those already received (never waits to fill). ``[]`` once closed."""
+        started = self._started
+        if started is None or not started.done():
+            await self.start()
+        else:
+            started.result()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        out: list[CoreDelivery] = []
+        while True:
+            if self._closed:
+                return out
+            while len(out) < max_items:
+                delivery = self._next_ready()
+                if delivery is None:
+                    break
+                out.append(delivery)
+            if out:
+                return out
+            left = deadline - loop.time()
+            if left <= 0:
+                return out
+            await self._gate.wait(left)
+
+    def _next_ready(self) -> CoreDelivery | None:
+        """A redelivery or a received message, within ``prefetch``; None if there is none."""
+        if self._unsettled >= self._prefetch:
+            return None
+        if self._again:
+            delivery = self._again.popleft()
+            self._unsettled += 1
+            return CoreDelivery(
+                delivery.message, delivery.attempt + 1, delivery._raw, self,
+                self._dead_letter_publisher,
+            )
+        incoming = self._incoming
+        if not incoming:
+            return None
+        if len(incoming) >= self._room_for:
+            self._room.open()
+        msg = incoming.popleft()
+        self._unsettled += 1
+        return CoreDelivery(_decode_core(msg), 1, msg, self, self._dead_letter_publisher)
 
     def _settled(self) -> None:
         self._unsettled -= 1
@@ -263,7 +298,7 @@ def _decode_core(msg: Msg) -> Message:
 
 
 class JetStreamDelivery(Delivery):
-    __slots__ = ("_raw", "_subscription", "received_at", "sequence")
+    __slots__ = ("_lapsed", "_raw", "_subscription", "lease_ends", "received_at", "sequence")
 
     def __init__(
         self,
@@ -273,6 +308,7 @@ class JetStreamDelivery(Delivery):
         subscription: JetStreamSubscription,
         dead_letter_publisher: DeadLetterPublisher,
         sequence: int,
+        lease_ends: float,
     ) -> None:
         super().__init__(message, attempt, dead_letter_publisher)
         self._raw = raw
@@ -280,8 +316,23 @@ class JetStreamDelivery(Delivery):
         self.sequence = sequence
         """The message's stream sequence (what ``seek(offset=...)`` counts, minus one)."""
         self.received_at = time.monotonic()
+        self.lease_ends = lease_ends
+        """When (``time.monotonic()``) AckWait runs out unless renewed by ``in_progress``."""
+        self._lapsed = False  # a renewal came after the lease had run out
+
+    def _check_lease(self) -> None:
+        now = time.monotonic()
+        if self._lapsed or now > self.lease_ends:
+            sub = self._subscription
+            log.warning(
+                "stale %s: delivery %s of %s/%s passed its ack timeout (AckWait %gs, %.1fs ago) "
+                "and may have been redelivered; sending it anyway",
+                _SETTLEMENT.get(self.settled or "", "ack"), self.message.id,
+                sub.stream, sub.consumer, sub.ack_wait, now - self.lease_ends,
+            )
 
     async def _ack(self) -> None:
+        self._check_lease()
         try:
             if self.settled == "dead-lettered":
                 await self._raw.term()
@@ -291,6 +342,7 @@ class JetStreamDelivery(Delivery):
             self._subscription._settled(self)
 
     async def _nack(self, delay: float | None) -> None:
+        self._check_lease()
         try:
             limit = self._subscription.max_deliver
             if limit > 0 and self.attempt >= limit:
@@ -307,7 +359,14 @@ class JetStreamDelivery(Delivery):
 
     async def in_progress(self) -> None:
         """Tell the server the handler is still working (resets AckWait)."""
+        now = time.monotonic()
+        if now > self.lease_ends:
+            self._lapsed = True  # too late: the server may have redelivered it already
         await self._raw.in_progress()
+        self.lease_ends = now + self._subscription.ack_wait
+
+
+_SETTLEMENT = {"acked": "ack", "nacked": "nack", "dead-lettered": "dead-letter"}
 
 
 def _max_deliver_letter(message: Message, attempt: int, limit: int) -> Message:
@@ -339,8 +398,12 @@ class JetStreamSubscription:
         self._dead_letter_publisher = dead_letter_publisher
         self._on_close = on_close
         self.max_deliver = config.max_deliver
+        self.ack_wait = config.ack_wait
+        """The consumer's AckWait in seconds (read from the server when the subscription
+        starts: a consumer made elsewhere may differ from this transport's option)."""
         self._psub: JetStreamContext.PullSubscription | None = None
-        self._buffer: collections.deque[Msg] = collections.deque()
+        # Fetched, not yet handed out, each with when its lease runs out.
+        self._buffer: collections.deque[tuple[Msg, float]] = collections.deque()
         self._unsettled: dict[int, JetStreamDelivery] = {}
         self._gate = _Gate()  # something to hand out, or closed
         self._capacity = _Gate()  # room to fetch more, or closed
@@ -363,12 +426,24 @@ class JetStreamSubscription:
             self._psub = await self._js.pull_subscribe_bind(
                 durable=self.consumer, stream=self.stream
             )
+            await self._read_ack_wait()
             self._fetcher = asyncio.create_task(
                 self._fetch_loop(), name=f"mqkit-nats-fetch-{self.stream}-{self.consumer}"
             )
-            self._ticker = asyncio.create_task(
-                self._heartbeats(), name=f"mqkit-nats-wpi-{self.stream}-{self.consumer}"
-            )
+            if self._config.heartbeat > 0:
+                self._ticker = asyncio.create_task(
+                    self._heartbeats(), name=f"mqkit-nats-wpi-{self.stream}-{self.consumer}"
+                )
+
+    async def _read_ack_wait(self) -> None:
+        assert self._psub is not None
+        try:
+            info = await self._psub.consumer_info()
+        except Exception as exc:  # keep the option's value: only the stale-ack check uses it
+            log.debug("consumer info of %s/%s: %s", self.stream, self.consumer, exc)
+            return
+        if info.config.ack_wait:
+            self.ack_wait = float(info.config.ack_wait)
 
     async def __anext__(self) -> JetStreamDelivery:
         if self._psub is None:
@@ -378,10 +453,30 @@ class JetStreamSubscription:
                 raise StopAsyncIteration
             buffer = self._buffer
             if buffer:
-                return self._deliver(buffer.popleft())
+                return self._deliver(*buffer.popleft())
             await self._gate.wait()
 
-    def _deliver(self, msg: Msg) -> JetStreamDelivery:
+    async def take(self, max_items: int, timeout: float) -> list[JetStreamDelivery]:
+        """Up to ``max_items`` deliveries: waits at most ``timeout`` seconds for the first,
+        then returns those already fetched (never waits to fill). ``[]`` once closed."""
+        if self._psub is None:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self._closed:
+                return []
+            buffer = self._buffer
+            if buffer:
+                deliver = self._deliver
+                popleft = buffer.popleft
+                return [deliver(*popleft()) for _ in range(min(max_items, len(buffer)))]
+            left = deadline - loop.time()
+            if left <= 0:
+                return []
+            await self._gate.wait(left)
+
+    def _deliver(self, msg: Msg, lease_ends: float) -> JetStreamDelivery:
         stream, sequence, delivered, timestamp = _ack_metadata(msg)
         message = decode_message(
             msg.subject,
@@ -391,7 +486,7 @@ class JetStreamSubscription:
             timestamp=timestamp,
         )
         delivery = JetStreamDelivery(
-            message, delivered, msg, self, self._dead_letter_publisher, sequence
+            message, delivered, msg, self, self._dead_letter_publisher, sequence, lease_ends
         )
         self._unsettled[id(delivery)] = delivery
         return delivery
@@ -413,8 +508,10 @@ class JetStreamSubscription:
             try:
                 msgs = await psub.fetch(room, timeout=wait)
                 failures = 0
-            except nats.errors.TimeoutError:
-                continue  # nothing to fetch right now
+            except TimeoutError:
+                # Nothing to fetch right now. nats-py raises its own TimeoutError or, on some
+                # paths of an expired pull, the builtin one: both mean the same.
+                continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -431,16 +528,19 @@ class JetStreamSubscription:
             if self._closed:
                 await _nak_all(msgs)
                 return
-            self._buffer.extend(msgs)
+            lease_ends = time.monotonic() + self.ack_wait
+            self._buffer.extend([(m, lease_ends) for m in msgs])
             self._gate.open()
 
     async def _heartbeats(self) -> None:
         every = self._config.heartbeat
         while not (self._closed and not self._unsettled):
             await asyncio.sleep(every)
-            due = time.monotonic() - every
+            # Renew leases not renewed for ``every`` seconds, and any that would run out
+            # before the next round.
+            renew_before = time.monotonic() + max(self.ack_wait - every, every)
             for delivery in list(self._unsettled.values()):
-                if delivery.received_at <= due and delivery.settled is None:
+                if delivery.lease_ends <= renew_before and delivery.settled is None:
                     try:
                         await delivery.in_progress()
                     except Exception as exc:  # the ack may still succeed: keep going
@@ -461,7 +561,7 @@ class JetStreamSubscription:
                 self._fetcher.cancel()
             except Exception as exc:
                 log.debug("fetch loop ended with %s", exc)
-        buffered, self._buffer = list(self._buffer), collections.deque()
+        buffered, self._buffer = [msg for msg, _ in self._buffer], collections.deque()
         await _nak_all(buffered)
         if self._psub is not None:
             try:

@@ -4,6 +4,9 @@ A ``Subscription`` owns one channel on the consuming connection with ``basic_qos
 and a consumer on the group's queue (declared first, so wildcard subscriptions work without
 ``ensure_topic``). pika's callback appends deliveries to a local buffer that ``__anext__``
 hands out; at most ``prefetch`` are unacked at once, the broker's own bound.
+``take(max_items, timeout)`` hands out many at once: it waits up to ``timeout`` seconds for
+a first delivery, then returns up to ``max_items`` of those buffered (the core's batch
+handlers use it: one wake-up per batch instead of one per message).
 
 Settlement:
 - ``ack``: ``basic_ack`` on the channel the delivery came on. If that channel is gone
@@ -115,11 +118,48 @@ class Subscription:
                 message, attempt = from_delivery(raw[1], raw[2], raw[3])
                 self._unsettled += 1
                 return RabbitDelivery(message, attempt, self, raw)
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
+            self._raise_error()
             self._wakeup = asyncio.get_running_loop().create_future()
             await self._wakeup
+
+    async def take(self, max_items: int, timeout: float) -> list[RabbitDelivery]:
+        """Up to ``max_items`` deliveries: waits at most ``timeout`` seconds for the first,
+        then returns those already buffered (never waits to fill). ``[]`` once closed."""
+        if not self._started:
+            self._started = True
+            await self.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        buffer = self._buffer
+        out: list[RabbitDelivery] = []
+        while True:
+            if self._closed or self.transport.closed:
+                return out
+            while buffer and len(out) < max_items:
+                raw = buffer.popleft()
+                if raw[0].closed is not None:
+                    continue  # its channel is gone: the broker redelivers it
+                message, attempt = from_delivery(raw[1], raw[2], raw[3])
+                self._unsettled += 1
+                out.append(RabbitDelivery(message, attempt, self, raw))
+            if out:
+                return out
+            self._raise_error()
+            left = deadline - loop.time()
+            if left <= 0:
+                return out
+            wakeup = self._wakeup = loop.create_future()
+            try:
+                async with asyncio.timeout(left):
+                    await wakeup
+            except TimeoutError:
+                return out
+
+    def _raise_error(self) -> None:
+        """Raise (once) the error that ended consuming, after the buffer was handed out."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     # --- the channel -----------------------------------------------------------------------
     async def _setup(self) -> None:

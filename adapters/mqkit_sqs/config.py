@@ -20,6 +20,11 @@ dedup                idempotency FIFO deduplication id: ``idempotency`` (idempot
 wait_time            20         long-poll seconds (0..20)
 visibility_timeout   30         seconds a received message stays hidden; extended by the
                                 heartbeat while its handler runs
+extend_visibility    true       the heartbeat: every visibility_timeout / 3 seconds the
+                                visibility of the messages a subscription holds is
+                                extended. ``false``: never; a handler that outlives the
+                                visibility timeout sees its message redelivered, and its
+                                late ack is logged as a "stale ack" warning
 max_receive_count    5          native redrive to ``<topic>.dlq`` after this many receives
                                 (0: no native redrive). Keep it >= your RetryPolicy's
                                 ``max_attempts`` (default 5), so the core dead-letters first
@@ -61,6 +66,7 @@ class SqsConfig:
     dedup: str = "idempotency"
     wait_time: int = MAX_WAIT_TIME
     visibility_timeout: int = 30
+    extend_visibility: bool = True
     max_receive_count: int = 5
     connect_timeout: float = 3.0
     queue_prefix: str = ""
@@ -89,6 +95,7 @@ class SqsConfig:
             dedup=str(merged.pop("dedup", "idempotency")),
             wait_time=_int(merged.pop("wait_time", MAX_WAIT_TIME), "wait_time"),
             visibility_timeout=_int(merged.pop("visibility_timeout", 30), "visibility_timeout"),
+            extend_visibility=_flag(merged.pop("extend_visibility", True), "extend_visibility"),
             max_receive_count=_int(merged.pop("max_receive_count", 5), "max_receive_count"),
             connect_timeout=_float(merged.pop("connect_timeout", 3.0), "connect_timeout"),
             queue_prefix=str(merged.pop("queue_prefix", "")),
@@ -96,8 +103,8 @@ class SqsConfig:
         if merged:
             raise ConfigurationError(
                 f"unknown sqs:// options: {sorted(merged)} (known: region, mode, fifo, dedup, "
-                "wait_time, visibility_timeout, max_receive_count, connect_timeout, secure, "
-                "queue_prefix)"
+                "wait_time, visibility_timeout, extend_visibility, max_receive_count, "
+                "connect_timeout, secure, queue_prefix)"
             )
         config.check()
         return config

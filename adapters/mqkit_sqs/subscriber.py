@@ -5,11 +5,16 @@ A ``Subscription`` is the async iterator ``SqsTransport.subscribe`` returns. Beh
 - one poller: ``ReceiveMessage`` of up to 10 (never more than ``prefetch`` unsettled
   messages held at once) with long polling (``wait_time``, 20 s by default), on a daemon
   thread of its own so a poll never holds a thread a publish or an ack needs;
-- a heartbeat: every ``visibility_timeout / 3`` seconds the visibility of every held message
-  is extended (``ChangeMessageVisibilityBatch``), so a handler that runs longer than the
-  visibility timeout does not see its message redelivered meanwhile;
+- a heartbeat (unless ``extend_visibility=false``): every ``visibility_timeout / 3`` seconds
+  the visibility of every held message is extended (``ChangeMessageVisibilityBatch``), so a
+  handler that runs longer than the visibility timeout does not see its message redelivered
+  meanwhile;
 - ``ack`` deletes, batched (``DeleteMessageBatch`` of up to 10 acks that arrive within
   ``ACK_LINGER``); it returns once SQS confirmed the delete;
+- each delivery has a ``deadline``: when its visibility runs out, moved by every extension
+  that succeeded. A settlement after it (or after an extension that came too late) is still
+  sent, and logged as a "stale ack" warning: SQS may have given the message to another
+  consumer meanwhile;
 - ``nack(delay)`` sets the message's visibility timeout to ``delay`` (whole seconds, rounded
   up; 0 without a delay), so SQS redelivers it then without blocking other messages;
 - ``attempt`` is SQS's ``ApproximateReceiveCount``.
@@ -51,7 +56,7 @@ SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId
 class SqsDelivery(Delivery):
     """A received SQS message; settled through its subscription."""
 
-    __slots__ = ("_subscription", "deadline", "receipt")
+    __slots__ = ("_lapsed", "_subscription", "deadline", "receipt")
 
     def __init__(
         self,
@@ -64,13 +69,30 @@ class SqsDelivery(Delivery):
         super().__init__(message, attempt, dead_letter_publisher)
         self.receipt = receipt
         self.deadline = 0.0
+        """When (``time.monotonic()``) the visibility runs out unless extended."""
+        self._lapsed = False  # an extension came after the visibility had run out
         self._subscription = subscription
 
     async def _ack(self) -> None:
+        self._check_lease("ack")
         await self._subscription.delete(self)
 
     async def _nack(self, delay: float | None) -> None:
+        self._check_lease("nack")
         await self._subscription.release(self, delay)
+
+    def _check_lease(self, how: str) -> None:
+        now = time.monotonic()
+        if self._lapsed or now > self.deadline:
+            sub = self._subscription
+            if self.settled == "dead-lettered":
+                how = "dead-letter"
+            log.warning(
+                "stale %s: delivery %s of %s/%s passed its ack timeout (visibility timeout "
+                "%ds, %.1fs ago) and may have been redelivered; sending it anyway",
+                how, self.message.id, sub.topic, sub.group,
+                sub.visibility_timeout, now - self.deadline,
+            )
 
 
 class Subscription:
@@ -93,6 +115,7 @@ class Subscription:
         self.group = group
         self._prefetch = prefetch
         self._publish_dead_letter = dead_letter_publisher
+        self.visibility_timeout = config.visibility_timeout
         self._url = ""
         self._ready: asyncio.Queue[SqsDelivery | BaseException | None] = asyncio.Queue()
         self._held: dict[str, SqsDelivery] = {}
@@ -122,10 +145,11 @@ class Subscription:
 
     def _start(self) -> None:
         name = f"{self.topic}/{self.group}"
-        self._tasks = [
-            asyncio.create_task(self._poll(), name=f"mqkit-sqs-poll-{name}"),
-            asyncio.create_task(self._heartbeat(), name=f"mqkit-sqs-heartbeat-{name}"),
-        ]
+        self._tasks = [asyncio.create_task(self._poll(), name=f"mqkit-sqs-poll-{name}")]
+        if self._config.extend_visibility:
+            self._tasks.append(
+                asyncio.create_task(self._heartbeat(), name=f"mqkit-sqs-heartbeat-{name}")
+            )
 
     async def aclose(self) -> None:
         """Stop polling; hand back what was received but not handed out. Safe to call twice."""
@@ -318,15 +342,23 @@ class Subscription:
                 continue
             async with self._visibility_lock:
                 due = [d for d in due if d.receipt in self._held]
+                now = time.monotonic()  # the new visibility counts from no earlier than this
                 for delivery in due:
-                    delivery.deadline = now + timeout
-                await self._set_visibility([d.receipt for d in due], timeout, "extend")
+                    if delivery.deadline < now:
+                        delivery._lapsed = True  # SQS may have redelivered it already
+                failed = await self._set_visibility([d.receipt for d in due], timeout, "extend")
+                for delivery in due:
+                    if delivery.receipt not in failed:
+                        delivery.deadline = now + timeout
 
-    async def _set_visibility(self, receipts: list[str], seconds: int, why: str) -> None:
+    async def _set_visibility(self, receipts: list[str], seconds: int, why: str) -> set[str]:
+        """Set the visibility of ``receipts``; returns those SQS did not change."""
+        failed: set[str] = set()
         for start in range(0, len(receipts), BATCH_SIZE):
+            chunk = receipts[start : start + BATCH_SIZE]
             entries = [
                 {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": seconds}
-                for i, r in enumerate(receipts[start : start + BATCH_SIZE])
+                for i, r in enumerate(chunk)
             ]
             try:
                 reply = await self._conn.call(
@@ -336,9 +368,13 @@ class Subscription:
                 )
             except Exception as exc:
                 log.warning("sqs:// could not %s visibility: %s", why, convert(exc, why))
+                failed.update(chunk)
                 continue
             for failure in reply.get("Failed", []):
                 log.warning("sqs:// could not %s visibility: %s", why, failure.get("Code"))
+                with contextlib.suppress(KeyError, ValueError, IndexError):
+                    failed.add(chunk[int(failure["Id"])])
+        return failed
 
 
 def _in_daemon_thread(
