@@ -11,7 +11,8 @@ Settlement is still per message, and nothing is acked that did not succeed:
   each message with the retry policy's backoff, or dead-letters it once out of attempts.
 One batch runs at a time per subscription, so order per key is kept. A source with an
 optional ``take(max_items, timeout) -> list[Delivery]`` (Kafka) is read a batch at a time
-instead of one ``__anext__`` per message.
+instead of one ``__anext__`` per message, and one with ``async ack_many(deliveries)`` acks a
+handled batch in one call.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, get_args, get_origin
 
-from mqkit.codec import decode
+from mqkit import headers as h
 from mqkit.errors import ConfigurationError, DecodeError, ErrorKind
-from mqkit.handlers import UserHandler, payload_type
+from mqkit.handlers import UserHandler, body_decoder, payload_type
 from mqkit.message import Delivery
 from mqkit.middleware.deadletter import PERMANENT
 from mqkit.middleware.retry import EXHAUSTED, RetryPolicy
@@ -64,9 +65,14 @@ class BatchConsumer:
         if batch_size < 1 or batch_timeout <= 0:
             raise ConfigurationError("batch_size must be >= 1 and batch_timeout > 0")
         self.topic, self.group = topic, group
+        self._dlq_headers = {h.DLQ_GROUP: group}  # names the group in its dead letters
         self._source = source
         self._func = func
         self._target = target
+        self._to_payload = body_decoder(target)
+        self._ack_many: Callable[[list[Delivery]], Awaitable[None]] | None = getattr(
+            source, "ack_many", None
+        )
         self._size = batch_size
         self._timeout = batch_timeout
         self._retry = retry
@@ -150,20 +156,23 @@ class BatchConsumer:
     async def _handle(self, batch: list[Delivery]) -> None:
         items: list[Any] = []
         good: list[Delivery] = []
+        group, to_payload = self.group, self._to_payload
         for delivery in batch:
-            delivery.state["group"] = self.group
-            message = delivery.message
+            delivery.state["group"] = group
             try:
-                items.append(decode(message.body, message.content_type, self._target))
+                items.append(to_payload(delivery.message))
                 good.append(delivery)
             except DecodeError as exc:
-                await delivery.dead_letter(PERMANENT, error=exc)
+                await delivery.dead_letter(PERMANENT, error=exc, extra_headers=self._dlq_headers)
         if not good:
             return
         try:
             await self._func(items)
         except Exception as exc:
             await self._fail(good, exc)
+            return
+        if self._ack_many is not None:
+            await self._ack_many(good)
             return
         for delivery in good:
             await delivery.ack()
@@ -175,8 +184,8 @@ class BatchConsumer:
                     type(exc).__name__, exc)
         for delivery in batch:
             if permanent:
-                await delivery.dead_letter(PERMANENT, error=exc)
+                await delivery.dead_letter(PERMANENT, error=exc, extra_headers=self._dlq_headers)
             elif delivery.attempt >= policy.max_attempts:
-                await delivery.dead_letter(EXHAUSTED, error=exc)
+                await delivery.dead_letter(EXHAUSTED, error=exc, extra_headers=self._dlq_headers)
             else:
                 await delivery.nack(delay=policy.delay(delivery.attempt))

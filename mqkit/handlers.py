@@ -63,21 +63,46 @@ def _plan(func: UserHandler) -> tuple[list[str], Any]:
     return roles, target
 
 
-def adapt(func: UserHandler) -> Handler:
-    """A delivery handler calling ``func`` with the arguments its signature asks for."""
-    roles, target = _plan(func)
+def body_decoder(target: Any) -> Callable[[Message], Any]:
+    """``message -> payload`` for a payload annotated ``target`` (raises ``DecodeError``).
+    Bodies wanted as ``bytes`` are passed through without a ``decode`` call."""
+    if target is bytes:
+        return _body
+    return lambda message: decode(message.body, message.content_type, target)
 
-    async def call(delivery: Delivery) -> Any:
-        message = delivery.message
-        args: list[Any] = []
-        for role in roles:
-            if role == "payload":
-                args.append(decode(message.body, message.content_type, target))
-            elif role == "delivery":
-                args.append(delivery)
-            else:
-                args.append(message)
-        return await func(*args)
+
+def _body(message: Message) -> bytes:
+    return message.body
+
+
+def adapt(func: UserHandler) -> Handler:
+    """A delivery handler calling ``func`` with the arguments its signature asks for.
+
+    The handler is a plain function returning ``func``'s coroutine (no coroutine of its own
+    per message); a body that does not decode raises ``DecodeError`` from the call itself,
+    which every caller awaits in the same expression.
+    """
+    roles, target = _plan(func)
+    to_payload = body_decoder(target)
+    call: Callable[[Delivery], Awaitable[Any]]
+    if roles == ["payload"]:
+
+        def call(delivery: Delivery) -> Awaitable[Any]:
+            return func(to_payload(delivery.message))
+
+    else:
+
+        def call(delivery: Delivery) -> Awaitable[Any]:
+            message = delivery.message
+            args: list[Any] = []
+            for role in roles:
+                if role == "payload":
+                    args.append(to_payload(message))
+                elif role == "delivery":
+                    args.append(delivery)
+                else:
+                    args.append(message)
+            return func(*args)
 
     call.__qualname__ = getattr(func, "__qualname__", "handler")
     return call

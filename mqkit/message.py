@@ -22,6 +22,7 @@ from typing import Any
 
 from mqkit import headers as h
 from mqkit.errors import AlreadySettledError
+from mqkit.url import redact_urls_in_text
 
 DLQ_SUFFIX = ".dlq"
 
@@ -98,6 +99,39 @@ class Message:
         """A copy with some fields changed (``dataclasses.replace``)."""
         return replace(self, **changes)
 
+
+# The slot descriptors of Message, for ``received_message``.
+_SET_FIELDS = tuple(
+    Message.__dict__[name].__set__
+    for name in ("topic", "body", "key", "headers", "id", "timestamp", "_size")
+)
+
+
+def received_message(
+    topic: str,
+    body: bytes,
+    key: str | None,
+    headers: Mapping[str, str],
+    id: str,
+    timestamp: float,
+) -> Message:
+    """``Message(topic, body, key, headers, id, timestamp)`` at about half the cost, for
+    adapters building a message per received record: it fills the slots directly instead of
+    going through the frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field).
+    Trusted: the caller passes every field, already of its declared type."""
+    message = _new_object(Message)
+    set_topic, set_body, set_key, set_headers, set_id, set_timestamp, set_size = _SET_FIELDS
+    set_topic(message, topic)
+    set_body(message, body)
+    set_key(message, key)
+    set_headers(message, headers)
+    set_id(message, id)
+    set_timestamp(message, timestamp)
+    set_size(message, -1)
+    return message
+
+
+_new_object = object.__new__
 
 DeadLetterPublisher = Callable[[Message], Awaitable[None]]
 
@@ -205,11 +239,16 @@ def dead_letter_message(
     }
     if error is not None:
         extra[h.DLQ_ERROR_TYPE] = type(error).__qualname__
-        extra[h.DLQ_ERROR_MESSAGE] = _one_line(str(error))[:1000]
-        tb = "".join(traceback.format_exception(error))
+        # The error may quote a connection URL: its secrets must not travel with the letter.
+        extra[h.DLQ_ERROR_MESSAGE] = _one_line(redact_urls_in_text(str(error)))[:1000]
+        tb = redact_urls_in_text("".join(traceback.format_exception(error)))
         extra[h.DLQ_TRACEBACK] = tb[-4000:]
     if extra_headers:
         extra.update(extra_headers)
+    if h.DLQ_GROUP in extra:
+        # Each group that gives up on a message writes its own letter: one id for all of
+        # them would let a de-duplicating broker (JetStream) keep only the first group's.
+        extra[h.DEDUP_ID] = f"{message.id}:{extra[h.DLQ_GROUP]}"
     merged = dict(message.headers)
     merged.update(extra)
     # The dead letter keeps the original id so replay can name it as causation.

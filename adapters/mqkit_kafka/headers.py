@@ -9,9 +9,11 @@ On the wire a message is a plain Kafka record, so any Kafka client reads it:
 
 Redeliveries through a retry topic add ``x-mqkit-attempt`` (the attempt the copy will be),
 ``x-mqkit-topic`` (the original topic) and ``x-mqkit-not-before`` (epoch seconds). These
-internal headers are stripped from ``Message.headers`` on the way in. A record without
-``x-mqkit-id`` (a raw producer's) gets the id ``ce-id`` names, else ``topic:partition:offset``,
-which stays the same on every redelivery.
+internal headers are stripped from ``Message.headers`` on the way in, and the subscriber
+believes attempt and topic only on records of its retry topic (elsewhere a producer that
+bypasses mqkit could forge them). A record without ``x-mqkit-id`` (a raw producer's) gets
+the id ``ce-id`` names, else ``topic:partition:offset``, which stays the same on every
+redelivery.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mqkit import headers as h
-from mqkit.message import Message
+from mqkit.message import Message, received_message
 
 ID = "x-mqkit-id"
 TOPIC = "x-mqkit-topic"
@@ -76,15 +78,20 @@ def decode(
     value: bytes | None,
     headers: dict[str, str],
     timestamp_ms: int,
+    *,
+    retry_copy: bool = False,
 ) -> tuple[Message, int]:
     """The ``Message`` for a record and its attempt number (1 unless a retry copy says).
 
     ``headers`` (from ``decode_headers``) is consumed: internal names are popped from it.
+    Attempt and original topic are believed only with ``retry_copy`` (see ``decode_record``).
     """
     message_id = headers.pop(ID, None)
     attempt = 1
     if headers:
-        topic, attempt, message_id = _internal(headers, topic, message_id)
+        original, claimed, message_id = _internal(headers, topic, message_id)
+        if retry_copy:
+            topic, attempt = original, claimed
     if not message_id:
         message_id = f"{topic}:{partition}:{offset}"
     if value is None:
@@ -99,28 +106,41 @@ def decode(
     ), attempt
 
 
-def decode_record(record: Any) -> tuple[Message, int]:
-    """``decode`` for a ``confluent_kafka.Message`` straight off ``consume``: the consuming
-    hot path, so the header list becomes a dict once and the common record (only
-    ``x-mqkit-id``) skips every other header check."""
-    topic = record.topic()
+def decode_record(
+    record: Any, topic: str, partition: int, offset: int, *, retry_copy: bool
+) -> tuple[Message, int]:
+    """``decode`` for a ``confluent_kafka.Message`` straight off ``consume`` (``topic``,
+    ``partition`` and ``offset`` are the record's, already read by the caller). The consuming
+    hot path: a record whose only header is ``x-mqkit-id`` (what mqkit publishes) skips the
+    header dict altogether.
+
+    ``x-mqkit-attempt`` and ``x-mqkit-topic`` are believed only when ``retry_copy`` (the
+    record was read from mqkit's retry topic): on any other topic a producer that bypasses
+    mqkit could forge them, so they are stripped and ignored (attempt 1, the record's topic).
+    """
     raw = record.headers()
-    if raw:
+    attempt = 1
+    headers: dict[str, str]
+    if not raw:
+        headers, message_id = {}, None
+    elif len(raw) == 1 and raw[0][0] == ID:
+        value = raw[0][1]
+        headers, message_id = {}, (value.decode("utf-8", "replace") if value else None)
+    else:
         headers = {n: (v.decode("utf-8", "replace") if v else "") for n, v in raw}
         message_id = headers.pop(ID, None)
-    else:
-        headers, message_id = {}, None
-    attempt = 1
-    if headers:
-        topic, attempt, message_id = _internal(headers, topic, message_id)
+        if headers:
+            original, claimed, message_id = _internal(headers, topic, message_id)
+            if retry_copy:
+                topic, attempt = original, claimed
     if not message_id:
-        message_id = f"{topic}:{record.partition()}:{record.offset()}"
+        message_id = f"{topic}:{partition}:{offset}"
     value = record.value()
     if value is None:
         headers[TOMBSTONE] = "1"
     key = record.key()
     timestamp_ms = record.timestamp()[1]
-    return Message(
+    return received_message(
         topic,
         value or b"",
         None if key is None else key.decode("utf-8", "replace"),

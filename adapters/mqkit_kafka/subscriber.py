@@ -34,7 +34,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -54,6 +54,9 @@ _FETCH_BATCH = 5000  # records per consume call: one GIL hand-over for many reco
 Record = Any  # confluent_kafka.Message (not constructible from Python)
 # A seek command for the consumer thread: (done, offset, timestamp, offsets per partition).
 _Seek = tuple[asyncio.Future[None], int | None, float | None, dict[int, int] | None]
+# A fetched record waiting to be handed out: (record, its partition's offsets,
+# (topic, partition), offset).
+_Ready = tuple[Record, PartitionOffsets, TP, int]
 
 
 class StartOffsets:
@@ -90,7 +93,7 @@ class StartOffsets:
 class KafkaDelivery(Delivery):
     """A record of a Kafka partition. ``partition`` and ``offset`` say where it came from."""
 
-    __slots__ = ("_part", "_sub", "offset", "partition", "source_topic")
+    __slots__ = ("_part", "_sub", "_tp", "offset", "partition", "source_topic")
 
     def __init__(
         self,
@@ -109,6 +112,7 @@ class KafkaDelivery(Delivery):
         self._dead_letter_publisher = sub._publish_one_bound
         self._sub = sub
         self._part = part
+        self._tp = tp
         self.source_topic, self.partition = tp
         self.offset = offset
 
@@ -117,7 +121,7 @@ class KafkaDelivery(Delivery):
         if self.settled is not None:
             self._claim("acked")  # raises AlreadySettledError
         self.settled = "acked"
-        self._sub._finish(self, done=True)
+        self._sub._acked(self)
 
     async def _ack(self) -> None:
         self._sub._finish(self, done=True)
@@ -167,7 +171,7 @@ class Subscription:
         self._cooperative = "cooperative" in str(self._conf.get("partition.assignment.strategy"))
         self._start = start
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: deque[tuple[Record, PartitionOffsets]] = deque()
+        self._ready: deque[_Ready] = deque()
         self._parts: dict[TP, PartitionOffsets] = {}
         self._held: dict[tuple[TP, int], asyncio.TimerHandle] = {}
         self._unsettled = 0
@@ -201,16 +205,22 @@ class Subscription:
 
     def __anext__(self) -> Awaitable[KafkaDelivery]:
         """The next delivery. One that is ready comes back as a completed future: awaiting it
-        does not suspend, and a caller that schedules it (``asyncio.ensure_future``, as the
-        core's batch consumer does for every message) gets no task and no extra loop turn."""
-        loop = self._loop
-        if loop is not None and self._error is None and not self._closed:
-            delivery = self._next_ready()
-            if delivery is not None:
-                ready: asyncio.Future[KafkaDelivery] = loop.create_future()
-                ready.set_result(delivery)
-                return ready
+        does not suspend, and a caller that schedules it (``asyncio.ensure_future``) gets no
+        task and no extra loop turn."""
+        delivery = self.poll_ready()
+        if delivery is not None:
+            assert self._loop is not None
+            ready: asyncio.Future[KafkaDelivery] = self._loop.create_future()
+            ready.set_result(delivery)
+            return ready
         return self._anext()
+
+    def poll_ready(self) -> KafkaDelivery | None:
+        """The next delivery if one is ready now, else None (then await ``__anext__``). The
+        core's consumer calls this first: no future, coroutine or await per message."""
+        if self._loop is None or self._error is not None or self._closed:
+            return None
+        return self._next_ready()
 
     async def _anext(self) -> KafkaDelivery:
         if not self._started:
@@ -232,16 +242,12 @@ class Subscription:
             await self.start()
         out: list[KafkaDelivery] = []
         deadline = time.monotonic() + timeout
-        while not out:
+        while True:
             if self._error is not None:
                 raise self._error
             if self._closed:
                 return out
-            while len(out) < max_items:
-                delivery = self._next_ready()
-                if delivery is None:
-                    break
-                out.append(delivery)
+            self._take_ready(max_items, out)
             if out:
                 return out
             left = deadline - time.monotonic()
@@ -252,25 +258,48 @@ class Subscription:
                     await self._wait()
             except TimeoutError:
                 return out
-        return out
 
     def _next_ready(self) -> KafkaDelivery | None:
+        """``_take_ready`` for one delivery, without the list (the per-message path)."""
         ready = self._ready
         while ready and self._unsettled < self._prefetch:
-            record, part = ready.popleft()
+            record, part, tp, offset = ready.popleft()
             self._taken += 1
             if self._want_room:
                 self._drained()
             if part.closed:
                 continue
-            message, attempt = decode_record(record)
+            topic = tp[0]
+            message, attempt = decode_record(
+                record, topic, tp[1], offset, retry_copy=topic == self.retry_topic
+            )
             part.active += 1
             self._unsettled += 1
-            return KafkaDelivery(
-                message, attempt, self, part, (record.topic(), record.partition()),
-                record.offset(),
-            )
+            return KafkaDelivery(message, attempt, self, part, tp, offset)
         return None
+
+    def _take_ready(self, max_items: int, out: list[KafkaDelivery]) -> None:
+        """Move up to ``max_items`` ready records, as deliveries, to ``out`` (within
+        ``prefetch``)."""
+        ready = self._ready
+        room = min(max_items, self._prefetch - self._unsettled)
+        retry_topic = self.retry_topic
+        taken = 0
+        while ready and taken < room:
+            record, part, tp, offset = ready.popleft()
+            self._taken += 1
+            if part.closed:
+                continue
+            topic = tp[0]
+            message, attempt = decode_record(
+                record, topic, tp[1], offset, retry_copy=topic == retry_topic
+            )
+            part.active += 1
+            out.append(KafkaDelivery(message, attempt, self, part, tp, offset))
+            taken += 1
+        self._unsettled += taken
+        if self._want_room:
+            self._drained()
 
     async def _wait(self) -> None:
         loop = self._loop
@@ -357,16 +386,61 @@ class Subscription:
     async def _publish_one(self, message: Message) -> None:
         await self._publisher.publish((message,))
 
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack every delivery in ``deliveries`` at once (the batch handler's settlement): one
+        offset flush and one wake-up for the lot. Raises ``AlreadySettledError``, acking
+        none, if one was settled already."""
+        mine: list[KafkaDelivery] = []
+        others: list[Delivery] = []
+        for delivery in deliveries:
+            if delivery.settled is not None:
+                delivery._claim("acked")  # raises AlreadySettledError
+            if isinstance(delivery, KafkaDelivery) and delivery._sub is self:
+                mine.append(delivery)
+            else:
+                others.append(delivery)
+        dirty = self._dirty
+        for delivery in mine:
+            delivery.settled = "acked"
+            part = delivery._part
+            part.active -= 1
+            if not part.closed and part.done(delivery.offset):
+                dirty.add(delivery._tp)
+        self._unsettled -= len(mine)
+        self._settlements_changed()
+        for delivery in others:
+            await delivery.ack()
+
+    def _acked(self, delivery: KafkaDelivery) -> None:
+        """``_finish(delivery, done=True)`` for one ack, inlined: this runs per message."""
+        part = delivery._part
+        self._unsettled -= 1
+        part.active -= 1
+        if not part.closed and part.done(delivery.offset):
+            self._dirty.add(delivery._tp)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._flush_offsets)
+        if self._idle is not None:
+            self._settlements_changed()
+        elif self._waiters:
+            self._wake()
+
     def _finish(self, delivery: KafkaDelivery, *, done: bool) -> None:
         part = delivery._part
         self._unsettled -= 1
         part.active -= 1
         if not part.closed and done and part.done(delivery.offset):
-            self._dirty.add((delivery.source_topic, delivery.partition))
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                assert self._loop is not None
-                self._loop.call_soon(self._flush_offsets)
+            self._dirty.add(delivery._tp)
+        self._settlements_changed()
+
+    def _settlements_changed(self) -> None:
+        """After settlements: schedule the offset flush, wake whoever waits for them."""
+        if self._dirty and not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush_offsets)
         idle = self._idle
         if idle is not None and not idle.done():
             idle.set_result(None)
@@ -424,43 +498,50 @@ class Subscription:
         parts = self._parts
         ready = self._ready
         retry_topic = self.retry_topic
+        # consume() returns runs of one partition: look the partition up once per run.
+        tp: TP = ("", -1)
+        part: PartitionOffsets | None = None
         for record in records:
-            tp = (record.topic(), record.partition())
-            part = parts.get(tp)
+            topic, partition = record.topic(), record.partition()
+            if partition != tp[1] or topic != tp[0]:
+                tp = (topic, partition)
+                part = parts.get(tp)
             if part is None or part.closed:
                 self._taken += 1
                 continue
-            part.add(record.offset())
-            if tp[0] == retry_topic:
+            offset = record.offset()
+            part.add(offset)
+            if topic == retry_topic:
                 not_before = _not_before(record)
                 if not_before > now:
-                    self._hold(record, part, not_before)
+                    self._hold((record, part, tp, offset), not_before)
                     continue
-            ready.append((record, part))
+            ready.append((record, part, tp, offset))
         self._wake()
 
-    def _hold(self, record: Record, part: PartitionOffsets, not_before: float) -> None:
+    def _hold(self, item: _Ready, not_before: float) -> None:
         loop = self._loop
         assert loop is not None
         self._taken += 1  # not in the buffer: does not count against max_buffered
-        part.held += 1
-        key = ((record.topic(), record.partition()), record.offset())
+        item[1].held += 1
+        key = (item[2], item[3])
         delay = max(0.0, not_before - time.time())
-        self._held[key] = loop.call_later(delay, self._release, record, part, not_before)
+        self._held[key] = loop.call_later(delay, self._release, item, not_before)
 
-    def _release(self, record: Record, part: PartitionOffsets, not_before: float) -> None:
-        key = ((record.topic(), record.partition()), record.offset())
+    def _release(self, item: _Ready, not_before: float) -> None:
+        part = item[1]
+        key = (item[2], item[3])
         self._held.pop(key, None)
         if part.closed or self._closed:
             return
         left = not_before - time.time()
         if left > 0:  # timers may fire a hair early: never redeliver before the time asked
             assert self._loop is not None
-            self._held[key] = self._loop.call_later(left, self._release, record, part, not_before)
+            self._held[key] = self._loop.call_later(left, self._release, item, not_before)
             return
         part.held -= 1
         self._taken -= 1  # back in the buffer
-        self._ready.append((record, part))
+        self._ready.append(item)
         self._wake()
 
     def _assigned_partitions(self, tps: list[TP]) -> None:
@@ -472,9 +553,9 @@ class Subscription:
     async def _revoked(self, tps: list[TP], *, commit: bool) -> list[tuple[str, int, int]]:
         gone = set(tps)
         parts = [p for tp in tps if (p := self._parts.get(tp)) is not None]
-        kept: deque[tuple[Record, PartitionOffsets]] = deque()
+        kept: deque[_Ready] = deque()
         for item in self._ready:
-            if (item[0].topic(), item[0].partition()) in gone:
+            if item[2] in gone:
                 self._taken += 1
             else:
                 kept.append(item)
@@ -527,9 +608,9 @@ class Subscription:
                 old.closed = True
                 self._parts[tp] = PartitionOffsets()
             self._dirty.discard(tp)
-        kept: deque[tuple[Record, PartitionOffsets]] = deque()
+        kept: deque[_Ready] = deque()
         for item in self._ready:
-            if (item[0].topic(), item[0].partition()) in reset:
+            if item[2] in reset:
                 self._taken += 1
             else:
                 kept.append(item)
