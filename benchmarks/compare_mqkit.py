@@ -1,9 +1,12 @@
 """mqkit's contenders in ``benchmarks/compare.py``, the same code for every broker URL.
 
-- ``Bare``: the transport alone: ``publish`` in batches of ``BATCH`` (returns when the broker
-  confirmed the batch), ``subscribe`` and ack each delivery.
+- ``Bare``: the transport alone: ``publish`` in batches of ``BATCH`` (each returns when the
+  broker confirmed its batch), up to ``IN_FLIGHT`` batches at once as an asyncio producer
+  would (the raw clients keep every message in flight until one final flush), ``subscribe``
+  and ack each delivery.
 - ``FullStack``: the ``Client`` with the whole stack (logging, dead-letter, retry, then
-  idempotency on an in-memory or a Redis store), ``publish_batch`` in batches of ``BATCH``,
+  idempotency on an in-memory or a Redis store), ``publish_batch`` in batches of ``BATCH``
+  (``IN_FLIGHT`` at once),
   a decorated handler run with ``CONCURRENCY`` in flight, acked after it returns.
 - ``BatchHandler``: the ``Client`` with a batch handler (``batch_size=BATCH``): one call per
   list, each message acked after the call returns.
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from compare_core import (
@@ -42,6 +45,21 @@ CONCURRENCY = 16
 SETTLE = 0.5
 """Seconds a live-only consumer (NATS core) is given to subscribe before the feed starts."""
 WARM_EVERY = 0.2
+
+
+IN_FLIGHT = 8
+"""Batches a publishing column keeps waiting for their confirms at once."""
+
+
+async def in_batches(count: int, send: Callable[[int], Awaitable[object]]) -> None:
+    """``send(n)`` for batches of ``BATCH`` covering ``count``, ``IN_FLIGHT`` at a time."""
+    window = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(n: int) -> None:
+        async with window:
+            await send(n)
+
+    await asyncio.gather(*(one(min(BATCH, count - start)) for start in range(0, count, BATCH)))
 
 
 class _Consuming:
@@ -154,8 +172,7 @@ class Bare:
     async def publish(self, topic: Topic, count: int, body: bytes, clock: Clock) -> None:
         t = self._t()
         clock.start()
-        for start in range(0, count, BATCH):
-            await t.publish([Message(topic.name, body) for _ in range(min(BATCH, count - start))])
+        await in_batches(count, lambda n: t.publish([Message(topic.name, body) for _ in range(n)]))
         clock.stop()
 
     async def _drain(
@@ -267,10 +284,10 @@ class FullStack:
         return store
 
     async def publish(self, topic: Topic, count: int, body: bytes, clock: Clock) -> None:
-        assert self.client is not None
+        client = self.client
+        assert client is not None
         clock.start()
-        for start in range(0, count, BATCH):
-            await self.client.publish_batch(topic.name, [body] * min(BATCH, count - start))
+        await in_batches(count, lambda n: client.publish_batch(topic.name, [body] * n))
         clock.stop()
 
     def _consumer(self) -> tuple[Client, list[AsyncIterator[Delivery]]]:
