@@ -114,6 +114,12 @@ def from_delivery(
     topic = method.routing_key
     if method.exchange == "" and TOPIC in raw:
         topic = _text(raw[TOPIC])
+    if method.exchange != "" and not topic.endswith(DLQ_SUFFIX) and h.ATTEMPT in raw:
+        # Only mqkit's own copies (requeue and retry routes, which arrive through the
+        # default exchange) and the broker's dead letters carry a real attempt count: on a
+        # topic's exchange it is a publisher's claim, and a forged 99 would dead-letter a
+        # healthy message at its first failure.
+        raw = {name: value for name, value in raw.items() if name != h.ATTEMPT}
     attempt = attempt_of(raw, bool(method.redelivered))
     if topic.endswith(DLQ_SUFFIX) and h.DLQ_REASON not in headers:
         _explain_native_dead_letter(raw, headers, topic, attempt)
