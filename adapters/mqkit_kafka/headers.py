@@ -86,24 +86,8 @@ def decode(
     ``headers`` (from ``decode_headers``) is consumed: internal names are popped from it.
     Attempt and original topic are believed only with ``retry_copy`` (see ``decode_record``).
     """
-    message_id = headers.pop(ID, None)
-    attempt = 1
-    if headers:
-        original, claimed, message_id = _internal(headers, topic, message_id)
-        if retry_copy:
-            topic, attempt = original, claimed
-    if not message_id:
-        message_id = f"{topic}:{partition}:{offset}"
-    if value is None:
-        headers[TOMBSTONE] = "1"
-    return Message(
-        topic,
-        value or b"",
-        None if key is None else key.decode("utf-8", "replace"),
-        headers,
-        message_id,
-        timestamp_ms / 1000.0 if timestamp_ms > 0 else 0.0,
-    ), attempt
+    return _message(topic, partition, offset, key, value, headers, headers.pop(ID, None),
+                    timestamp_ms, retry_copy)
 
 
 def decode_record(
@@ -119,27 +103,39 @@ def decode_record(
     mqkit could forge them, so they are stripped and ignored (attempt 1, the record's topic).
     """
     raw = record.headers()
-    attempt = 1
     headers: dict[str, str]
-    if not raw:
-        headers, message_id = {}, None
-    elif len(raw) == 1 and raw[0][0] == ID:
+    if raw and len(raw) == 1 and raw[0][0] == ID:
         value = raw[0][1]
         headers, message_id = {}, (value.decode("utf-8", "replace") if value else None)
     else:
-        headers = {n: (v.decode("utf-8", "replace") if v else "") for n, v in raw}
+        headers = decode_headers(raw)
         message_id = headers.pop(ID, None)
-        if headers:
-            original, claimed, message_id = _internal(headers, topic, message_id)
-            if retry_copy:
-                topic, attempt = original, claimed
+    return _message(topic, partition, offset, record.key(), record.value(), headers, message_id,
+                    record.timestamp()[1], retry_copy)
+
+
+def _message(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: dict[str, str],
+    message_id: str | None,
+    timestamp_ms: int,
+    retry_copy: bool,
+) -> tuple[Message, int]:
+    """The shared end of ``decode`` and ``decode_record``: internal headers popped (and
+    believed only on a retry copy), an id for records without one, tombstones marked."""
+    attempt = 1
+    if headers:
+        original, claimed, message_id = _internal(headers, topic, message_id)
+        if retry_copy:
+            topic, attempt = original, claimed
     if not message_id:
         message_id = f"{topic}:{partition}:{offset}"
-    value = record.value()
     if value is None:
         headers[TOMBSTONE] = "1"
-    key = record.key()
-    timestamp_ms = record.timestamp()[1]
     return received_message(
         topic,
         value or b"",
