@@ -32,10 +32,11 @@ from compare_core import (
 )
 
 from mqkit import registry
+from mqkit.bench_runners import ack_then_count
 from mqkit.client import Client, default_middleware
 from mqkit.message import Delivery, Message
 from mqkit.middleware import Idempotency
-from mqkit.middleware.base import Handler, Middleware
+from mqkit.middleware.base import Middleware
 from mqkit.stores.base import IdempotencyStore
 from mqkit.stores.memory import MemoryIdempotencyStore
 from mqkit.stores.redis import RedisIdempotencyStore
@@ -229,22 +230,6 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
         await task
 
 
-def _settling(on_settled: Callable[[], None]) -> Middleware:
-    """Outermost layer: ack as the consumer would, then count, so the clock sees the ack."""
-
-    def layer(inner: Handler) -> Handler:
-        async def counted(delivery: Delivery) -> Any:
-            result = await inner(delivery)
-            if delivery.settled is None:
-                await delivery.ack()
-            on_settled()
-            return result
-
-        return counted
-
-    return layer
-
-
 class FullStack:
     """The ``Client`` with log, dead-letter, retry and idempotency on ``store_name``."""
 
@@ -310,7 +295,7 @@ class FullStack:
     ) -> None:
         """Register the handler on ``client``, start it and wait until it is live."""
         stack: Sequence[Middleware] = [
-            _settling(on_settled), *default_middleware(), Idempotency(await self._store())
+            ack_then_count(on_settled), *default_middleware(), Idempotency(await self._store())
         ]
         self._register(client, topic, on_settled, on_body, stack)
         await client.start()

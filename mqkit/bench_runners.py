@@ -208,7 +208,7 @@ async def _warm_up(transport: Transport) -> None:
     await asyncio.sleep(0 if isinstance(transport, MemoryTransport) else 0.5)
 
 
-def _counting(on_settled: Callable[[], None]) -> Middleware:
+def ack_then_count(on_settled: Callable[[], None]) -> Middleware:
     """Outermost layer: ack as the consumer would, then count, so the clock sees the ack."""
 
     def layer(inner: Handler) -> Handler:
@@ -249,7 +249,7 @@ class FullStack:
                 done.set()
 
         stack: Sequence[Middleware] = [
-            _counting(settled),
+            ack_then_count(settled),
             *default_middleware(),
             Idempotency(MemoryIdempotencyStore()),
         ]
