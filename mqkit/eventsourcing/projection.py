@@ -137,8 +137,10 @@ class ProjectionRunner:
         while True:
             behind = [n for n in wanted if self.positions.get(n, 0) < position]
             for n in behind:
-                self.positions[n] = max(self.positions.get(n, 0),
-                                        await self.store.load_checkpoint(n))
+                # Await first, then read: the runner may advance the position meanwhile,
+                # and a value read before the await would move it back (events re-applied).
+                stored = await self.store.load_checkpoint(n)
+                self.positions[n] = max(self.positions.get(n, 0), stored)
             if all(self.positions.get(n, 0) >= position for n in wanted):
                 return
             remaining = deadline - time.monotonic()

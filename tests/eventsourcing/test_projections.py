@@ -184,3 +184,40 @@ async def test_projections_run_on_the_memory_store_with_python_state() -> None:
     # then both give the seed's 500, and the checkpoint is the last position
     assert live == view.balances == {"m": 500}
     assert await store.load_checkpoint("balances") == 5
+
+
+async def test_a_slow_checkpoint_read_in_wait_for_never_moves_the_runner_back() -> None:
+    # given a store whose checkpoint reads answer late with what they saw when they began
+    class SlowCheckpoints(MemoryEventStore):
+        async def load_checkpoint(self, name: str) -> int:
+            seen = await super().load_checkpoint(name)
+            await asyncio.sleep(0.05)
+            return seen
+
+    class Counting:
+        name = "counting"
+        handled = 0
+
+        async def setup(self, tx: StoreTransaction) -> None: ...
+
+        async def reset(self, tx: StoreTransaction) -> None: ...
+
+        async def handle(self, event: RecordedEvent, tx: StoreTransaction) -> None:
+            Counting.handled += 1
+
+    store = SlowCheckpoints()
+    repo = Repository(store, Account, TYPES)
+    runner = ProjectionRunner(store, [Counting()], poll_interval=0.01)
+    await runner.setup()
+    running = asyncio.create_task(runner.run())
+    try:
+        # when events are saved and a caller waits while the runner applies them
+        await tell_seed_story(repo, "slow")
+        last = (await store.read_all(0, limit=1000))[-1].position
+        await runner.wait_for(last, timeout=5)
+        await asyncio.sleep(0.2)  # several polls: a moved-back position would re-apply
+    finally:
+        runner.stop()
+        await running
+    # then every event was applied exactly once
+    assert Counting.handled == last == 5
