@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from mqkit.errors import MqkitError, PublishError, PublishTimeout
 from mqkit.message import Message
 from mqkit_kafka.errors import convert
-from mqkit_kafka.headers import encode_headers, encode_key, encode_value
+from mqkit_kafka.headers import ID, RawHeaders, encode_headers, encode_value
 
 log = logging.getLogger("mqkit.kafka.publisher")
 
@@ -127,19 +127,31 @@ class Publisher:
         deadline = loop.time() + self._timeout
         batch = _Batch(loop, len(messages), partitions)
         produce = producer.produce
+        # One bound callback for the whole batch unless partitions are wanted: the hot loop
+        # below runs once per message, so it inlines what encode_headers/key/value do.
+        on_delivery = batch.on_delivery
         sent = 0
         try:
-            for index, message in enumerate(messages):
-                kwargs = {
-                    "value": encode_value(message),
-                    "key": encode_key(message),
-                    "headers": encode_headers(message),
-                    "timestamp": int(message.timestamp * 1000),
-                    "on_delivery": batch.callback(index),
-                }
+            for message in messages:
+                record_headers: RawHeaders = [(ID, message.id.encode())]
+                if message.headers:
+                    record_headers = encode_headers(message)
+                    value = encode_value(message)
+                else:
+                    value = message.body
+                key = message.key
+                if partitions:
+                    on_delivery = batch.callback(sent)
                 while True:
                     try:
-                        produce(message.topic, **kwargs)
+                        produce(
+                            message.topic,
+                            value,
+                            None if key is None else key.encode(),
+                            headers=record_headers,
+                            timestamp=int(message.timestamp * 1000),
+                            on_delivery=on_delivery,
+                        )
                         break
                     except BufferError:
                         # librdkafka's queue is full: let the poll thread drain it.

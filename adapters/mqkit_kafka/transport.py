@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from mqkit.errors import ConfigurationError, ConnectionFailed, PublishError
+from mqkit.errors import ConfigurationError, ConnectionFailed, MessageTooLarge, PublishError
 from mqkit.message import Delivery, Message
 from mqkit.transport import Capabilities, TopicSpec
 from mqkit.url import BrokerURL
@@ -91,22 +91,25 @@ class KafkaTransport:
 
     async def publish(self, messages: Sequence[Message]) -> None:
         """Returns once every message was written with acks=all; see ``Publisher.publish``."""
+        self._check(messages)
+        await self.publisher.publish(messages)
+
+    async def publish_partitions(self, messages: Sequence[Message]) -> list[int]:
+        """Like ``publish``, and returns the partition each message was written to."""
+        self._check(messages)
+        return await self.publisher.publish(messages, partitions=True)
+
+    def _check(self, messages: Sequence[Message]) -> None:
+        """Connected, and every message within the size limit before any is sent."""
         if not self._connected:
             raise PublishError("the Kafka transport is not connected")
         limit = self.config.max_message_bytes
         for m in messages:
             if m.size > limit:
-                from mqkit.errors import MessageTooLarge
-
                 raise MessageTooLarge(
                     f"message {m.id} to {m.topic!r} is {m.size} bytes; kafka:// accepts at "
                     f"most {limit}"
                 )
-        await self.publisher.publish(messages)
-
-    async def publish_partitions(self, messages: Sequence[Message]) -> list[int]:
-        """Like ``publish``, and returns the partition each message was written to."""
-        return await self.publisher.publish(messages, partitions=True)
 
     def subscribe(self, topic: str, group: str, *, prefetch: int = 10) -> AsyncIterator[Delivery]:
         """A member of ``group`` on ``topic`` (and its retry topic). It joins the group on its
