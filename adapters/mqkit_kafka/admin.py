@@ -83,6 +83,12 @@ class Admin:
             return await asyncio.wrap_future(future)
         except KafkaException as exc:
             raise convert(exc, doing, secrets=self.config.secrets) from exc
+        finally:
+            self._serve_logs()
+
+    def _serve_logs(self) -> None:
+        """librdkafka queues its log lines (``logger`` option) until a poll serves them."""
+        self._client.poll(0)
 
     async def partitions(self, topics: Iterable[str]) -> dict[str, int]:
         """Partition counts of the topics among ``topics`` that exist."""
@@ -95,6 +101,8 @@ class Admin:
         except KafkaException as exc:
             raise convert(exc, f"reaching {self.config.bootstrap}",
                           secrets=self.config.secrets) from exc
+        finally:
+            self._serve_logs()
         wanted = set(topics)
         return {
             name: len(t.partitions)

@@ -19,6 +19,7 @@ from typing import Any
 
 from mqkit.errors import ConfigurationError
 from mqkit.url import BrokerURL, redact_options
+from mqkit_kafka.logs import LibrdkafkaLog
 
 DEFAULT_PORT = 9092
 # Kafka's default message.max.bytes is 1,000,000 for a record *batch*; keep room for the key,
@@ -136,6 +137,7 @@ class KafkaConfig:
             "message.timeout.ms": int(self.publish_timeout * 1000),
             # An unknown topic fails within seconds rather than waiting 30s for it to appear.
             "topic.metadata.propagation.max.ms": max(int(self.connect_timeout * 1000), 1000),
+            "logger": LibrdkafkaLog(self.secrets),
             **self.producer,
             **extra,
         }
@@ -156,12 +158,13 @@ class KafkaConfig:
             "fetch.wait.max.ms": 100,
             "enable.partition.eof": False,
             "topic.metadata.refresh.interval.ms": 10000,
+            "logger": LibrdkafkaLog(self.secrets),
             **self.consumer,
             **extra,
         }
 
     def admin_conf(self) -> dict[str, Any]:
-        return self.base()
+        return {**self.base(), "logger": LibrdkafkaLog(self.secrets)}
 
 
 def retry_topic(topic: str, group: str) -> str:
