@@ -23,7 +23,7 @@ import confluent_kafka.admin as ck_admin
 import nats
 import pika
 from compare_core import STAMP, Contender, Feed, Topic
-from compare_mqkit import Bare, BatchHandler, FullStack
+from compare_mqkit import IN_FLIGHT, Bare, BatchHandler, FullStack
 from compare_peers import (
     FastStreamConfluent,
     FastStreamJetStream,
@@ -43,7 +43,9 @@ from mqkit_nats.subjects import consumer_name, stream_name
 
 MQKIT_GUARANTEE = {
     "kafka": "idempotent producer (acks=all, linger.ms=5), publish returns when every delivery "
-             "report of the batch arrived; consumer stores each acked offset, auto-commit",
+             "report of the batch arrived, up to 200 batches of 500 in flight (the raw "
+             "producer's 100,000-message window); consumer stores each acked offset, "
+             "auto-commit",
     "rabbitmq": "publisher confirms for every message of the batch (pipelined), persistent, "
                 "mandatory; manual ack per message",
     "nats": "at most once (NATS core): publish batch then flush (PING round trip)",
@@ -67,6 +69,8 @@ class Broker:
     peers: tuple[str, ...]
     live_only: bool = False
     rounds: int = 3
+    in_flight: int = IN_FLIGHT
+    """Batches of ``BATCH`` an mqkit column keeps publishing at once."""
     fixed_s: float = 3.0
     """Estimated seconds per column and round besides moving the messages: connecting,
     declaring, joining a group, the latency phase (a quiet 2-core machine)."""
@@ -103,12 +107,15 @@ class Broker:
         full = "; the Client acks after the handler returns (at least once)"
         found: list[Contender] = [
             self.raw(),
-            Bare(self.url, self.prefetch, guarantee),
-            FullStack(self.url, self.prefetch, guarantee + full, "memory"),
-            FullStack(self.url, self.prefetch, guarantee + full, "redis", redis_url),
+            Bare(self.url, self.prefetch, guarantee, self.in_flight),
+            FullStack(self.url, self.prefetch, guarantee + full, "memory",
+                      in_flight=self.in_flight),
+            FullStack(self.url, self.prefetch, guarantee + full, "redis", redis_url,
+                      in_flight=self.in_flight),
         ]
         if self.name == "kafka":
-            found.append(BatchHandler(self.url, self.prefetch, guarantee + full))
+            found.append(BatchHandler(self.url, self.prefetch, guarantee + full,
+                                      self.in_flight))
         found.extend(self.peer_contenders())
         return found
 
@@ -279,7 +286,9 @@ BROKERS: dict[str, Callable[[], Broker]] = {
     "kafka": lambda: Kafka(
         "kafka", "Kafka", os.environ.get("MQKIT_KAFKA_URL", "kafka://127.0.0.1:9092"),
         count=20_000, latency_rate=1000.0, prefetch=2000, peers=("faststream",), rounds=2,
-        fixed_s=5.5, per_msg_s=0.3e-3),
+        # The raw producer keeps up to 100,000 messages in flight (librdkafka's queue): so
+        # do mqkit's columns, 200 batches of 500.
+        in_flight=200, fixed_s=5.5, per_msg_s=0.3e-3),
     "rabbitmq": lambda: Rabbit(
         "rabbitmq", "RabbitMQ",
         os.environ.get("MQKIT_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),

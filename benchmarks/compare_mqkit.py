@@ -2,7 +2,8 @@
 
 - ``Bare``: the transport alone: ``publish`` in batches of ``BATCH`` (each returns when the
   broker confirmed its batch), up to ``IN_FLIGHT`` batches at once as an asyncio producer
-  would (the raw clients keep every message in flight until one final flush), ``subscribe``
+  would (the raw clients keep every message in flight until one final flush; on Kafka the
+  window is the raw producer's own, librdkafka's 100,000-message queue), ``subscribe``
   and ack each delivery.
 - ``FullStack``: the ``Client`` with the whole stack (logging, dead-letter, retry, then
   idempotency on an in-memory or a Redis store), ``publish_batch`` in batches of ``BATCH``
@@ -52,9 +53,11 @@ IN_FLIGHT = 8
 """Batches a publishing column keeps waiting for their confirms at once."""
 
 
-async def in_batches(count: int, send: Callable[[int], Awaitable[object]]) -> None:
-    """``send(n)`` for batches of ``BATCH`` covering ``count``, ``IN_FLIGHT`` at a time."""
-    window = asyncio.Semaphore(IN_FLIGHT)
+async def in_batches(
+    count: int, send: Callable[[int], Awaitable[object]], in_flight: int = IN_FLIGHT
+) -> None:
+    """``send(n)`` for batches of ``BATCH`` covering ``count``, ``in_flight`` at a time."""
+    window = asyncio.Semaphore(in_flight)
 
     async def one(n: int) -> None:
         async with window:
@@ -153,8 +156,11 @@ class Bare:
     key = "bare"
     label = "mqkit bare transport"
 
-    def __init__(self, url: str, prefetch: int, guarantee: str) -> None:
+    def __init__(
+        self, url: str, prefetch: int, guarantee: str, in_flight: int = IN_FLIGHT
+    ) -> None:
         self.url, self.prefetch, self.guarantee = url, prefetch, guarantee
+        self.in_flight = in_flight
         self.transport: Transport | None = None
 
     async def open(self) -> None:
@@ -173,7 +179,10 @@ class Bare:
     async def publish(self, topic: Topic, count: int, body: bytes, clock: Clock) -> None:
         t = self._t()
         clock.start()
-        await in_batches(count, lambda n: t.publish([Message(topic.name, body) for _ in range(n)]))
+        await in_batches(
+            count, lambda n: t.publish([Message(topic.name, body) for _ in range(n)]),
+            self.in_flight,
+        )
         clock.stop()
 
     async def _drain(
@@ -234,9 +243,11 @@ class FullStack:
     """The ``Client`` with log, dead-letter, retry and idempotency on ``store_name``."""
 
     def __init__(
-        self, url: str, prefetch: int, guarantee: str, store_name: str, redis_url: str = ""
+        self, url: str, prefetch: int, guarantee: str, store_name: str, redis_url: str = "",
+        in_flight: int = IN_FLIGHT,
     ) -> None:
         self.url, self.prefetch, self.guarantee = url, prefetch, guarantee
+        self.in_flight = in_flight
         self.store_name, self.redis_url = store_name, redis_url
         self.key = f"full-{store_name}"
         self.label = f"mqkit full stack, idempotency on {store_name}"
@@ -272,7 +283,9 @@ class FullStack:
         client = self.client
         assert client is not None
         clock.start()
-        await in_batches(count, lambda n: client.publish_batch(topic.name, [body] * n))
+        await in_batches(
+            count, lambda n: client.publish_batch(topic.name, [body] * n), self.in_flight
+        )
         clock.stop()
 
     def _consumer(self) -> tuple[Client, list[AsyncIterator[Delivery]]]:
@@ -340,8 +353,10 @@ class BatchHandler(FullStack):
     key = "batch"
     label = "mqkit batch handler"
 
-    def __init__(self, url: str, prefetch: int, guarantee: str) -> None:
-        super().__init__(url, prefetch, guarantee, "memory")
+    def __init__(
+        self, url: str, prefetch: int, guarantee: str, in_flight: int = IN_FLIGHT
+    ) -> None:
+        super().__init__(url, prefetch, guarantee, "memory", in_flight=in_flight)
         self.key, self.label = BatchHandler.key, BatchHandler.label
 
     def _register(
