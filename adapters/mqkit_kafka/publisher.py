@@ -2,15 +2,19 @@
 
 ``publish(batch)`` hands every message to librdkafka (which batches them into produce
 requests) and returns once the last delivery report of the batch arrived: one future per
-batch, not one round trip per message. A dedicated thread polls the producer so delivery
-callbacks never run on (or block) the event loop.
+batch, not one round trip per message.
+
+Delivery reports are served by ``poll(0)`` on the event loop's own thread, every millisecond
+while deliveries are outstanding (every 100 ms when idle, for librdkafka's log lines). A
+polling thread would need the GIL back for every report while the loop holds it to produce
+the next batch: the two threads would hand the GIL to each other once per message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,26 +27,27 @@ from mqkit_kafka.headers import ID, RawHeaders, encode_headers, encode_value
 
 log = logging.getLogger("mqkit.kafka.publisher")
 
+BUSY_POLL_S = 0.001
+"""Between polls while deliveries are outstanding: what a delivery may wait to be noticed."""
+IDLE_POLL_S = 0.1
+
 
 class _Batch:
     """Counts the delivery reports of one batch; resolves its future on the last one.
 
-    ``on_delivery`` runs on the poll thread; the future is completed on the loop.
+    Every method runs on the event loop's thread (reports are served by its ``poll``).
     """
 
-    __slots__ = ("_lock", "error", "future", "loop", "partitions", "remaining")
+    __slots__ = ("error", "future", "partitions", "remaining")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int, keep: bool) -> None:
-        self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
         self.remaining = count
         self.error: KafkaError | None = None
         self.partitions: list[int] | None = [-1] * count if keep else None
-        self._lock = threading.Lock()
 
     def callback(self, index: int) -> Any:
-        if self.partitions is None:
-            return self.on_delivery
+        """A report callback that also records the partition of message ``index``."""
 
         def on_delivery(err: KafkaError | None, msg: Any) -> None:
             if err is None and self.partitions is not None:
@@ -52,32 +57,22 @@ class _Batch:
         return on_delivery
 
     def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        with self._lock:
-            if err is not None and self.error is None:
-                self.error = err
-            self.remaining -= 1
-            done = self.remaining == 0
-        if done:
-            self.loop.call_soon_threadsafe(self._resolve)
+        if err is not None and self.error is None:
+            self.error = err
+        self.unsent(1)
 
     def unsent(self, count: int) -> None:
-        """``count`` messages were never handed to librdkafka: expect no report for them."""
-        with self._lock:
-            self.remaining -= count
-            done = self.remaining == 0
-        if done:
-            self.loop.call_soon_threadsafe(self._resolve)
-
-    def _resolve(self) -> None:
-        if not self.future.done():
+        """``count`` fewer reports to wait for (delivered, or never handed to librdkafka)."""
+        self.remaining -= count
+        if self.remaining == 0 and not self.future.done():
             self.future.set_result(None)
 
 
 class Publisher:
     """An idempotent producer shared by every publish of one transport.
 
-    Safe to use from many tasks. ``start`` and ``close`` are idempotent; publishing after
-    ``close`` raises ``PublishError``.
+    Safe to use from many tasks of one event loop. ``start`` and ``close`` are idempotent;
+    publishing after ``close`` raises ``PublishError``.
     """
 
     def __init__(self, conf: dict[str, Any], secrets: list[str]) -> None:
@@ -86,8 +81,8 @@ class Publisher:
         # librdkafka checks message timeouts once a second: publish keeps its own deadline.
         self._timeout = float(conf.get("message.timeout.ms", 300_000)) / 1000
         self._producer: Producer | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._server: asyncio.Task[None] | None = None
+        self._outstanding = asyncio.Event()  # set when a batch was handed to librdkafka
 
     @property
     def producer(self) -> Producer:
@@ -96,21 +91,28 @@ class Publisher:
         return self._producer
 
     def start(self) -> None:
+        """Create the producer; call from the event loop that will publish."""
         if self._producer is not None:
             return
         try:
             self._producer = Producer(self._conf)
         except KafkaException as exc:
             raise convert(exc, "creating the Kafka producer", secrets=self._secrets) from exc
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._poll, name="mqkit-kafka-producer", daemon=True)
-        self._thread.start()
+        self._outstanding = asyncio.Event()
+        self._server = asyncio.get_running_loop().create_task(
+            self._serve_reports(self._producer), name="mqkit-kafka-delivery-reports"
+        )
 
-    def _poll(self) -> None:
-        producer = self._producer
-        assert producer is not None
-        while not self._stop.is_set():
-            producer.poll(0.05)
+    async def _serve_reports(self, producer: Producer) -> None:
+        outstanding = self._outstanding
+        while True:
+            producer.poll(0)
+            if len(producer):
+                await asyncio.sleep(BUSY_POLL_S)
+                continue
+            outstanding.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(outstanding.wait(), IDLE_POLL_S)
 
     async def publish(self, messages: Sequence[Message], *, partitions: bool = False) -> list[int]:
         """Send ``messages``; return once every one was acknowledged by the broker (acks=all).
@@ -154,16 +156,19 @@ class Publisher:
                         )
                         break
                     except BufferError:
-                        # librdkafka's queue is full: let the poll thread drain it.
+                        # librdkafka's queue is full: let the report server drain it.
+                        self._outstanding.set()
                         await asyncio.sleep(0.005)
                 sent += 1
         except KafkaException as exc:
             batch.unsent(len(messages) - sent)
+            self._outstanding.set()
             await batch.future
             raise convert(
                 exc, f"publishing to {messages[sent].topic!r}", publishing=True,
                 secrets=self._secrets,
             ) from exc
+        self._outstanding.set()
         try:
             async with asyncio.timeout_at(deadline):
                 await batch.future
@@ -177,11 +182,18 @@ class Publisher:
         return batch.partitions or []
 
     async def flush(self, timeout: float) -> int:
-        """Wait for queued messages; returns how many are still undelivered."""
-        if self._producer is None:
-            return 0
+        """Wait for queued messages (their reports served here, on the loop); returns how
+        many are still undelivered after ``timeout`` seconds."""
         producer = self._producer
-        return await asyncio.get_running_loop().run_in_executor(None, producer.flush, timeout)
+        if producer is None:
+            return 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(producer) and loop.time() < deadline:
+            producer.poll(0)
+            await asyncio.sleep(BUSY_POLL_S)
+        producer.poll(0)
+        return len(producer)
 
     async def close(self, timeout: float = 10.0) -> None:
         if self._producer is None:
@@ -189,11 +201,12 @@ class Publisher:
         left = await self.flush(timeout)
         if left:
             log.warning("%d message(s) still undelivered when the producer closed", left)
-        self._stop.set()
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        server, self._server = self._server, None
+        if server is not None:
+            server.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await server
         self._producer = None
-        self._thread = None
 
 
 def _delivery_error(err: KafkaError, topic: str, secrets: list[str]) -> MqkitError:
