@@ -128,21 +128,6 @@ async def subscribed(source: AsyncIterator[Delivery]) -> None:
         await wait_assigned(60.0)
 
 
-def recording(transport: Transport, into: list[AsyncIterator[Delivery]]) -> Transport:
-    """``transport`` with ``subscribe`` wrapped to keep each subscription it returns, so the
-    harness can wait for a Client's subscriptions to be live (the Client does not expose
-    them)."""
-    subscribe = transport.subscribe
-
-    def kept(topic: str, group: str, *, prefetch: int = 10) -> AsyncIterator[Delivery]:
-        source = subscribe(topic, group, prefetch=prefetch)
-        into.append(source)
-        return source
-
-    transport.subscribe = kept  # type: ignore[method-assign]
-    return transport
-
-
 async def close_client(client: Client) -> None:
     """Close ``client`` and its transport, even when ``connect`` or ``start`` failed half way
     (``Client.close`` skips the transport of a client that never connected)."""
@@ -193,6 +178,9 @@ class Bare:
         try:
             await subscribed(source)
             on_ready()
+            if self.url.startswith("sqs"):
+                await self._drain_batches(source, on_delivery, until)
+                return
             async for delivery in source:
                 on_delivery(delivery)
                 await delivery.ack()
@@ -200,6 +188,20 @@ class Bare:
                     return
         finally:
             await _close(source)
+
+    @staticmethod
+    async def _drain_batches(
+        source: Any, on_delivery: Callable[[Delivery], None], until: asyncio.Event
+    ) -> None:
+        """SQS: an ack returns once its delete is confirmed, and boto3's column deletes ten
+        per call, so this one settles the same way: ``take`` up to 10, handle each, then
+        ``ack_many`` (one ``DeleteMessageBatch``)."""
+        while not until.is_set():
+            batch = await source.take(10, 1.0)
+            for delivery in batch:
+                on_delivery(delivery)
+            if batch:
+                await source.ack_many(batch)
 
     async def consume(self, topic: Topic, count: int, clock: Clock, feed: Feed) -> int:
         state = _Consuming(count, clock)
@@ -288,10 +290,9 @@ class FullStack:
         )
         clock.stop()
 
-    def _consumer(self) -> tuple[Client, list[AsyncIterator[Delivery]]]:
-        """A Client for one phase's subscription, and where its subscriptions are kept."""
-        sources: list[AsyncIterator[Delivery]] = []
-        return Client(self.url, transport=recording(registry.create(self.url), sources)), sources
+    def _consumer(self) -> Client:
+        """A Client for one phase's subscription."""
+        return Client(self.url)
 
     def _register(
         self, client: Client, topic: Topic, on_settled: Callable[[], None],
@@ -303,7 +304,7 @@ class FullStack:
             on_body(body)
 
     async def _subscribed(
-        self, client: Client, sources: list[AsyncIterator[Delivery]], topic: Topic,
+        self, client: Client, topic: Topic,
         on_settled: Callable[[], None], on_body: Callable[[bytes], None],
     ) -> None:
         """Register the handler on ``client``, start it and wait until it is live."""
@@ -312,14 +313,13 @@ class FullStack:
         ]
         self._register(client, topic, on_settled, on_body, stack)
         await client.start()
-        for source in sources:
-            await subscribed(source)
+        await client.wait_ready(60.0)
 
     async def consume(self, topic: Topic, count: int, clock: Clock, feed: Feed) -> int:
         state = _Consuming(count, clock)
-        client, sources = self._consumer()
+        client = self._consumer()
         try:
-            await self._subscribed(client, sources, topic, state.seen, lambda body: None)
+            await self._subscribed(client, topic, state.seen, lambda body: None)
             clock.start()
             if feed is not None:
                 await asyncio.sleep(SETTLE)
@@ -332,9 +332,9 @@ class FullStack:
     async def latency(self, topic: Topic, count: int, size: int, rate: float) -> list[float]:
         assert self.client is not None
         publisher, state = self.client, _Latency(count)
-        client, sources = self._consumer()
+        client = self._consumer()
         try:
-            await self._subscribed(client, sources, topic, lambda: None, state.seen)
+            await self._subscribed(client, topic, lambda: None, state.seen)
             await warm(lambda: publisher.publish(topic.name, b"warm"), state.ready)
 
             async def send(n: int) -> None:

@@ -74,6 +74,7 @@ class Client:
         )
         self._subscriptions: list[tuple[SubscriptionSpec, UserHandler, list[Middleware]]] = []
         self._consumers: list[Consumer | BatchConsumer] = []
+        self._sources: list[AsyncIterator[Delivery]] = []  # what the started consumers read
         self._batch_subscriptions: list[
             tuple[SubscriptionSpec, UserHandler, Any, int, float, RetryPolicy]
         ] = []
@@ -270,6 +271,7 @@ class Client:
                 delivery.state["group"] = group
                 yield delivery
         finally:
+            self._forget(source)
             aclose = getattr(source, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -327,7 +329,31 @@ class Client:
             )
         source = self.transport.subscribe(topic, group, prefetch=prefetch)
         await _attach(source)
+        self._sources.append(source)
         return source
+
+    def _forget(self, source: AsyncIterator[Delivery]) -> None:
+        if source in self._sources:
+            self._sources.remove(source)
+
+    @property
+    def sources(self) -> tuple[AsyncIterator[Delivery], ...]:
+        """The transport subscriptions the started consumers (and open ``consume`` loops)
+        read, to inspect what the transport offers (Kafka's ``assignment``...)."""
+        return tuple(self._sources)
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until every started subscription is live: on Kafka, until its group gave it its
+        share of the partitions (none when members outnumber partitions); elsewhere a
+        subscription is live once started. ``TimeoutError`` after ``timeout`` seconds.
+
+        For tests and warm-ups that must not publish before the consumers are in place."""
+        async with asyncio.timeout(timeout):
+            for source in list(self._sources):
+                # Only transports whose subscriptions join a group asynchronously have this.
+                wait_assigned = getattr(source, "wait_assigned", None)
+                if wait_assigned is not None:
+                    await wait_assigned(timeout)
 
     def _check_requirements(self) -> None:
         problems = [
@@ -356,6 +382,7 @@ class Client:
         """Graceful stop: stop fetching, finish and settle what is in flight."""
         self._stop.set()
         consumers, self._consumers = self._consumers, []
+        self._sources.clear()
         self._started = self._started_batches = 0
         await asyncio.gather(*(c.stop() for c in consumers))
 

@@ -194,3 +194,18 @@ async def test_a_failing_wildcard_handler_does_not_eat_its_own_dead_letters(
     await asyncio.sleep(0.05)
     assert calls == ["orders.created"]
     assert letter.message.headers["x-dlq-reason"] == "permanent-error"
+
+
+async def test_wait_ready_on_memory_returns_once_started(client: Client) -> None:
+    # Given a started subscription on the in-memory broker
+    seen: list[bytes] = []
+
+    @client.subscribe("ready.memory", group="g")
+    async def handle(body: bytes, delivery: Delivery) -> None:
+        seen.append(body)
+
+    await client.start()
+    # When waiting for readiness, then it returns at once, and the subscription is live
+    await client.wait_ready(timeout=1)
+    await client.publish("ready.memory", b"x")
+    await wait_until(lambda: seen == [b"x"], 5)
