@@ -4,7 +4,8 @@
   broker confirmed its batch), up to ``IN_FLIGHT`` batches at once as an asyncio producer
   would (the raw clients keep every message in flight until one final flush; on Kafka the
   window is the raw producer's own, librdkafka's 100,000-message queue), ``subscribe``
-  and ack each delivery.
+  and ack each delivery (SQS: ``take`` up to 10, then ``ack_many``, one
+  ``DeleteMessageBatch``, as boto3's column deletes ten per call).
 - ``FullStack``: the ``Client`` with the whole stack (logging, dead-letter, retry, then
   idempotency on an in-memory or a Redis store), ``publish_batch`` in batches of ``BATCH``
   (``IN_FLIGHT`` at once),

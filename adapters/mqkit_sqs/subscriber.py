@@ -4,13 +4,20 @@ A ``Subscription`` is the async iterator ``SqsTransport.subscribe`` returns. Beh
 
 - one poller: ``ReceiveMessage`` of up to 10 (never more than ``prefetch`` unsettled
   messages held at once) with long polling (``wait_time``, 20 s by default), on a daemon
-  thread of its own so a poll never holds a thread a publish or an ack needs;
+  thread of its own so a poll never holds a thread a publish or an ack needs. It refills
+  by whole batches: while received messages still wait to be handed out it receives only
+  when a full batch fits (a receive of one per ack would double the calls);
 - a heartbeat (unless ``extend_visibility=false``): every ``visibility_timeout / 3`` seconds
   the visibility of every held message is extended (``ChangeMessageVisibilityBatch``), so a
   handler that runs longer than the visibility timeout does not see its message redelivered
   meanwhile;
 - ``ack`` deletes, batched (``DeleteMessageBatch`` of up to 10 acks that arrive within
-  ``ACK_LINGER``); it returns once SQS confirmed the delete;
+  ``ACK_LINGER``); it returns once SQS confirmed the delete. An ack waits for others only
+  while another handed-out delivery is unsettled: when none is (a loop that acks each
+  delivery before taking the next), it is sent at once;
+- ``take(max_items, timeout)`` hands out many deliveries per call and ``ack_many`` deletes
+  them 10 per ``DeleteMessageBatch`` (batch handlers use both): receive 10, handle, delete
+  10, as a plain boto3 consumer does;
 - each delivery has a ``deadline``: when its visibility runs out, moved by every extension
   that succeeded. A settlement after it (or after an extension that came too late) is still
   sent, and logged as a "stale ack" warning: SQS may have given the message to another
@@ -32,7 +39,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mqkit.message import DeadLetterPublisher, Delivery
@@ -136,12 +143,51 @@ class Subscription:
             self._start()
         if self._closed:
             raise StopAsyncIteration
+        if self._ready.empty():
+            self._starving()
         item = await self._ready.get()
         if item is None:
             raise StopAsyncIteration
         if isinstance(item, BaseException):
             raise item
         return item
+
+    async def take(self, max_items: int, timeout: float) -> list[SqsDelivery]:
+        """Up to ``max_items`` deliveries: waits at most ``timeout`` seconds for the first,
+        then returns those already received (never waits to fill). ``[]`` once closed."""
+        if not self._tasks and not self._closed:
+            self._start()
+        ready = self._ready
+        out: list[SqsDelivery] = []
+        if self._closed:
+            return out
+        if ready.empty():
+            self._starving()
+            try:
+                async with asyncio.timeout(timeout):
+                    first = await ready.get()
+            except TimeoutError:
+                return out
+            if not isinstance(first, SqsDelivery):
+                return self._end_take(out, first)
+            out.append(first)
+        while len(out) < max_items and not ready.empty():
+            item = ready.get_nowait()
+            if not isinstance(item, SqsDelivery):
+                return self._end_take(out, item)
+            out.append(item)
+        return out
+
+    def _end_take(self, out: list[SqsDelivery], item: BaseException | None) -> list[SqsDelivery]:
+        """The poller's last word (an error) or the close mark, met by ``take``: hand out
+        what came before it; the next call gets it."""
+        if out:
+            self._ready.put_nowait(item)  # the poller has stopped: nothing comes after it
+            return out
+        if item is None:
+            self._ready.put_nowait(None)  # __anext__ ends on it too
+            return out
+        raise item
 
     def _start(self) -> None:
         name = f"{self.topic}/{self.group}"
@@ -184,10 +230,10 @@ class Subscription:
         idle = 0.0
         while not self._closed:
             await self._room.wait()
-            wanted = min(BATCH_SIZE, self._prefetch - len(self._held))
-            if wanted <= 0:
+            if not self._has_room():
                 self._room.clear()
                 continue
+            wanted = min(BATCH_SIZE, self._prefetch - len(self._held))
             try:
                 messages = await self._receive(wanted)
             except asyncio.CancelledError:
@@ -212,7 +258,7 @@ class Subscription:
                 delivery.deadline = now + self._config.visibility_timeout
                 self._held[delivery.receipt] = delivery
                 self._ready.put_nowait(delivery)
-            if len(self._held) >= self._prefetch:
+            if not self._has_room():
                 self._room.clear()
 
     def _receive(self, count: int) -> asyncio.Future[list[dict[str, Any]]]:
@@ -256,10 +302,25 @@ class Subscription:
             message, attempt, str(raw["ReceiptHandle"]), self, self._publish_dead_letter
         )
 
-    def _forget(self, delivery: SqsDelivery) -> None:
-        self._held.pop(delivery.receipt, None)
+    def _has_room(self) -> bool:
+        """Whether the poller should receive now: a full batch fits under ``prefetch``, or
+        some room is left and nothing received waits to be handed out."""
+        free = self._prefetch - len(self._held)
+        return free >= min(BATCH_SIZE, self._prefetch) or (free > 0 and self._ready.empty())
+
+    def _starving(self) -> None:
+        """The consumer found nothing to take: let the poller fill what room is left."""
         if len(self._held) < self._prefetch:
             self._room.set()
+
+    def _forget(self, delivery: SqsDelivery) -> None:
+        self._held.pop(delivery.receipt, None)
+        if self._has_room():
+            self._room.set()
+
+    def _unsettled_out(self) -> int:
+        """Deliveries handed out and not yet settled (those that could still join a batch)."""
+        return len(self._held) - self._ready.qsize()
 
     # --- settling -------------------------------------------------------------------------
     async def delete(self, delivery: SqsDelivery) -> None:
@@ -267,11 +328,44 @@ class Subscription:
         self._forget(delivery)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._acks.append((delivery.receipt, future))
-        if len(self._acks) >= BATCH_SIZE:
-            self._flush_soon(0)
+        if len(self._acks) >= BATCH_SIZE or self._unsettled_out() <= 0:
+            self._flush_soon(0)  # a full batch, or no other ack could come to share it
         elif self._ack_timer is None:
             self._ack_timer = asyncio.get_running_loop().call_later(ACK_LINGER, self._flush_soon, 0)
         await future
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack every delivery of ``deliveries`` (the batch handler's settlement): deleted 10
+        per ``DeleteMessageBatch``; returns once SQS confirmed them all. Raises
+        ``AlreadySettledError``, acking none, if one was settled already; ``SettleError``
+        (after the others were deleted) if SQS did not delete one."""
+        for delivery in deliveries:
+            if delivery.settled is not None:
+                delivery._claim("acked")  # raises AlreadySettledError
+        mine: list[SqsDelivery] = []
+        others: list[Delivery] = []
+        for delivery in deliveries:
+            if isinstance(delivery, SqsDelivery) and delivery._subscription is self:
+                mine.append(delivery)
+            else:
+                others.append(delivery)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for sqs_delivery in mine:
+            sqs_delivery._claim("acked")
+            sqs_delivery._check_lease("ack")
+            self._forget(sqs_delivery)
+            future: asyncio.Future[None] = loop.create_future()
+            self._acks.append((sqs_delivery.receipt, future))
+            futures.append(future)
+        if futures:
+            self._flush_soon(0)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for delivery in others:
+            await delivery.ack()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     def _flush_soon(self, _: int) -> None:
         if self._ack_timer is not None:

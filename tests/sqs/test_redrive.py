@@ -38,7 +38,9 @@ async def test_redrive_moves_to_the_dead_letter_queue_and_mqkit_dlq_replay_bring
     assert (dead.message.id, dead.message.body) == ("poison-1", b"poison")
     await dead.nack()  # leave it for the replay
     await dead_letters.aclose()  # type: ignore[attr-defined]
-    # And `mqkit dlq replay` republishes it to the topic, where the group gets it afresh
+    # And `mqkit dlq replay` republishes it to the topic, where the group gets it afresh.
+    # (A long poll the closed subscription had in flight may hold the letter for up to
+    # wait_time before handing it back: the replay waits 5 s of silence, not 1.)
     url = with_options(sqs_url, max_receive_count=2, wait_time=1)
     replay = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -50,7 +52,7 @@ async def test_redrive_moves_to_the_dead_letter_queue_and_mqkit_dlq_replay_bring
         "--url",
         url,
         "--idle",
-        "1",
+        "5",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=dict(os.environ),
