@@ -33,8 +33,11 @@ consumers or after a nak; a wildcard subscription needs one stream covering the 
 re-created by ``seek``.
 
 Publishing speed: when the connection passes a feature check of nats-py's internals
-(``mqkit_nats.wire``), mqkit builds the HPUB frames itself and queues a batch at once, else it
-uses nats-py's public ``publish`` (``fast_publish=false`` forces that); the bytes are the same.
+(``mqkit_nats.wire``), mqkit builds the HPUB frames itself and queues a batch at once, and
+writes a burst of JetStream acks at once; else it uses nats-py's public ``publish`` and
+``Msg.ack`` (``fast_publish=false`` forces that); the bytes are the same. JetStream consumers
+pull on their own inbox rather than through nats-py's ``fetch`` (whose per-message wait costs
+more than the rest of consuming).
 
 Reconnects: nats-py reconnects forever and re-subscribes; JetStream consumers resume pulling,
 and a publish is either acknowledged or raises ``PublishError`` after ``request_timeout``.

@@ -23,8 +23,9 @@ Options (all optional; seconds for durations):
   how often long handlers' messages are marked in progress; 0: never, so a handler that
   outlives AckWait sees its message redelivered and its late ack logged as stale);
 - ``fast_publish`` (true): build the HPUB frames in mqkit and queue them in nats-py's buffer
-  when the connection passes the feature check of ``mqkit_nats.wire`` (else, or with
-  ``false``, every message goes through nats-py's public ``publish``; same bytes either way).
+  when the connection passes the feature check of ``mqkit_nats.wire``, and queue JetStream
+  acks there too (else, or with ``false``, every message goes through nats-py's public
+  ``publish`` and every ack through ``Msg.ack``; same bytes either way).
 """
 
 from __future__ import annotations

@@ -9,7 +9,10 @@ while the process lives; what is waiting for redelivery when the subscription cl
 (logged), as core NATS promises nothing more.
 
 JetStream (at least once): a durable pull consumer per group (explicit ack). One background
-task keeps at most ``prefetch`` messages fetched-or-unsettled; ``ack`` acks, ``nack(delay)``
+task keeps at most ``prefetch`` messages fetched-or-unsettled, with one pull request at a time
+on the subscription's own inbox (``JetStreamSubscription``); ``ack`` acks (queued on
+``mqkit_nats.wire.FastWire`` when the connection has it: a burst of acks is one write; else
+nats-py's ``Msg.ack``; either way sent, like nats-py's, without awaiting a reply), ``nack(delay)``
 naks with that delay, dead-lettering publishes the copy then *terminates* the original (the
 server never redelivers it); ``attempt`` is the server's ``num_delivered``. A message whose
 lease (the consumer's AckWait, counted from its fetch or its last ``+WPI``) was last renewed
@@ -17,9 +20,10 @@ lease (the consumer's AckWait, counted from its fetch or its last ``+WPI``) was 
 not expire under it; ``heartbeat=0`` turns this off. A settlement that comes after the lease ran
 out unrenewed is still sent, and logged as a "stale ack" warning: the server may have given the
 message to another consumer meanwhile. On ``aclose`` the subscription stops pulling, waits for
-its last pull (at most ``fetch_wait``) and naks what it fetched but never handed out, so another
-consumer gets it at once; deliveries already handed out can still be settled. After a reconnect
-pulling simply resumes: the durable consumer lives on the server.
+its last pull (at most ``fetch_wait``) and naks what it fetched but never handed out (only then:
+a nak while the pull is open would be redelivered into it), so another consumer gets it at
+once; deliveries already handed out can still be settled. After a reconnect pulling simply
+resumes: the durable consumer lives on the server.
 
 Both subscriptions also hand out deliveries in bulk: ``take(max_items, timeout)`` waits up to
 ``timeout`` seconds for a first one, then returns up to ``max_items`` of those already received
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -40,17 +45,19 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 
 from mqkit import headers as h
 from mqkit.errors import ConfigurationError
 from mqkit.message import DeadLetterPublisher, Delivery, Message
 from mqkit_nats.config import NatsConfig
 from mqkit_nats.headers import decode_message
+from mqkit_nats.wire import FastWire
 
 log = logging.getLogger("mqkit.nats")
 
 _STATUS = "Status"
+_DESCRIPTION = "Description"
 
 
 def _is_status(msg: Msg) -> bool:
@@ -336,7 +343,7 @@ class JetStreamDelivery(Delivery):
         try:
             if self.settled == "dead-lettered":
                 await self._raw.term()
-            else:
+            elif not self._subscription._ack_command(self._raw):
                 await self._raw.ack()
         finally:
             self._subscription._settled(self)
@@ -377,40 +384,82 @@ def _max_deliver_letter(message: Message, attempt: int, limit: int) -> Message:
     )
 
 
+class _Pull:
+    """The one pull request in flight: done when its batch arrived or a status ended it."""
+
+    __slots__ = ("done", "got", "reply", "status", "wanted")
+
+    def __init__(self, reply: str, wanted: int) -> None:
+        self.reply = reply
+        self.wanted = wanted
+        self.got = 0
+        self.status: tuple[str, str] | None = None  # (code, description) of a status reply
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def end(self, status: tuple[str, str] | None = None) -> None:
+        if not self.done.done():
+            self.status = status
+            self.done.set_result(None)
+
+
+# A pull request is given up locally this long after it should have expired on the server
+# (its status reply was lost with the connection): the loop then sends another.
+_PULL_MARGIN = 1.0
+# Statuses that end a pull normally: 408 it expired, 404 nothing to fetch (no_wait).
+_PULL_ENDED = ("408", "404")
+
+
 class JetStreamSubscription:
-    """Async iterator of deliveries from a durable pull consumer. See the module docstring."""
+    """Async iterator of deliveries from a durable pull consumer. See the module docstring.
+
+    It pulls through its own inbox subscription rather than nats-py's ``fetch``, which waits
+    for each message with a task of its own (a third of a consumer's CPU per message): one
+    pull request at a time asks for the room left under ``prefetch`` (when at least half of
+    it is free, or nothing is left to hand out), and each message is buffered as it arrives.
+    """
 
     def __init__(
         self,
+        nc: NatsClient,
         js: JetStreamContext,
         bind: Callable[[], Awaitable[tuple[str, str]]],
         config: NatsConfig,
         prefetch: int,
         dead_letter_publisher: DeadLetterPublisher,
         on_close: Callable[[Any], None],
+        wire: Callable[[], FastWire | None] = lambda: None,
     ) -> None:
         if prefetch < 1:
             raise ConfigurationError("prefetch must be >= 1")
+        self._nc = nc
         self._js = js
         self._bind = bind
         self._config = config
         self._prefetch = prefetch
+        self._refill = max(1, prefetch // 2)
         self._dead_letter_publisher = dead_letter_publisher
         self._on_close = on_close
+        self._wire = wire
         self.max_deliver = config.max_deliver
         self.ack_wait = config.ack_wait
         """The consumer's AckWait in seconds (read from the server when the subscription
         starts: a consumer made elsewhere may differ from this transport's option)."""
-        self._psub: JetStreamContext.PullSubscription | None = None
+        self._inbox: Subscription | None = None
+        self._next_subject = ""  # where pull requests go
+        self._replies = ""  # this subscription's inbox prefix; a pull's reply adds a number
+        self._numbers = itertools.count()
+        self._pull: _Pull | None = None
         # Fetched, not yet handed out, each with when its lease runs out.
         self._buffer: collections.deque[tuple[Msg, float]] = collections.deque()
         self._unsettled: dict[int, JetStreamDelivery] = {}
         self._gate = _Gate()  # something to hand out, or closed
-        self._capacity = _Gate()  # room to fetch more, or closed
+        self._capacity = _Gate()  # room to pull more, or closed
+        self._wants_room = False  # the pull loop waits on _capacity
         self._fetcher: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
         self._closed = False
+        self._drained = False  # closed, and the last pull ended
         self.stream = ""
         self.consumer = ""
 
@@ -420,12 +469,14 @@ class JetStreamSubscription:
     async def start(self) -> None:
         """Bind to the durable consumer and start pulling (``__anext__`` does it on first use)."""
         async with self._start_lock:
-            if self._psub is not None or self._closed:
+            if self._inbox is not None or self._closed:
                 return
             self.stream, self.consumer = await self._bind()
-            self._psub = await self._js.pull_subscribe_bind(
-                durable=self.consumer, stream=self.stream
-            )
+            self._next_subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.stream}." \
+                f"{self.consumer}"
+            replies = self._nc.new_inbox() + "."
+            self._inbox = await self._nc.subscribe(replies + "*", cb=self._on_msg)
+            self._replies = replies
             await self._read_ack_wait()
             self._fetcher = asyncio.create_task(
                 self._fetch_loop(), name=f"mqkit-nats-fetch-{self.stream}-{self.consumer}"
@@ -436,9 +487,8 @@ class JetStreamSubscription:
                 )
 
     async def _read_ack_wait(self) -> None:
-        assert self._psub is not None
         try:
-            info = await self._psub.consumer_info()
+            info = await self._js.consumer_info(self.stream, self.consumer)
         except Exception as exc:  # keep the option's value: only the stale-ack check uses it
             log.debug("consumer info of %s/%s: %s", self.stream, self.consumer, exc)
             return
@@ -446,20 +496,23 @@ class JetStreamSubscription:
             self.ack_wait = float(info.config.ack_wait)
 
     async def __anext__(self) -> JetStreamDelivery:
-        if self._psub is None:
+        if self._inbox is None:
             await self.start()
         while True:
             if self._closed:
                 raise StopAsyncIteration
             buffer = self._buffer
             if buffer:
-                return self._deliver(*buffer.popleft())
+                delivery = self._deliver(*buffer.popleft())
+                if not buffer:
+                    self._room_changed()
+                return delivery
             await self._gate.wait()
 
     async def take(self, max_items: int, timeout: float) -> list[JetStreamDelivery]:
         """Up to ``max_items`` deliveries: waits at most ``timeout`` seconds for the first,
         then returns those already fetched (never waits to fill). ``[]`` once closed."""
-        if self._psub is None:
+        if self._inbox is None:
             await self.start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -470,7 +523,10 @@ class JetStreamSubscription:
             if buffer:
                 deliver = self._deliver
                 popleft = buffer.popleft
-                return [deliver(*popleft()) for _ in range(min(max_items, len(buffer)))]
+                out = [deliver(*popleft()) for _ in range(min(max_items, len(buffer)))]
+                if not buffer:
+                    self._room_changed()
+                return out
             left = deadline - loop.time()
             if left <= 0:
                 return []
@@ -491,46 +547,95 @@ class JetStreamSubscription:
         self._unsettled[id(delivery)] = delivery
         return delivery
 
+    def _ack_command(self, msg: Msg) -> bool:
+        """Queue the ack of ``msg`` on the fast wire; ``False`` when there is none."""
+        wire = self._wire()
+        if wire is None:
+            return False
+        wire.queue(b"PUB %b 0\r\n\r\n" % msg.reply.encode())
+        return True
+
     def _settled(self, delivery: JetStreamDelivery) -> None:
         self._unsettled.pop(id(delivery), None)
-        self._capacity.open()
+        self._room_changed()
+
+    def _room(self) -> int:
+        """How many more messages to pull now (0: not yet)."""
+        buffer = self._buffer
+        room = self._prefetch - len(buffer) - len(self._unsettled)
+        # Pull when half the room is free, or when nothing is left to hand out: a pull per
+        # settled message would cost a request per message.
+        return room if room >= self._refill or (room > 0 and not buffer) else 0
+
+    def _room_changed(self) -> None:
+        if self._wants_room and self._room():
+            self._capacity.open()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        """Every reply to this subscription's pulls: messages, and statuses that end a pull."""
+        pull = self._pull
+        headers = msg.headers
+        if headers and not msg.data and _STATUS in headers:
+            if pull is not None and msg.subject == pull.reply:
+                pull.end((headers[_STATUS], headers.get(_DESCRIPTION, "")))
+            return  # a status of a pull given up on: nothing to do
+        if self._drained:
+            await _nak_all([msg])  # arrived after the last pull ended: to another consumer
+            return
+        self._buffer.append((msg, time.monotonic() + self.ack_wait))
+        self._gate.open()
+        if pull is not None:
+            pull.got += 1
+            if pull.got >= pull.wanted:
+                pull.end()
 
     async def _fetch_loop(self) -> None:
-        psub = self._psub
-        assert psub is not None
+        nc = self._nc
         wait = self._config.fetch_wait
+        expires = int(wait * 1e9) - 100_000  # the server's clock ends the pull a bit earlier
         failures = 0
         while not self._closed:
-            room = self._prefetch - len(self._buffer) - len(self._unsettled)
+            room = self._room()
             if room <= 0:
+                self._wants_room = True
                 await self._capacity.wait()
+                self._wants_room = False
                 continue
+            if not nc.is_connected:
+                # Reconnecting: a pull now would wait in nats-py's buffer and reach the server
+                # with those of later rounds, asking for more than prefetch.
+                await asyncio.sleep(0.05)
+                continue
+            pull = _Pull(f"{self._replies}{next(self._numbers)}", room)
+            self._pull = pull
             try:
-                msgs = await psub.fetch(room, timeout=wait)
-                failures = 0
+                await nc.publish(
+                    self._next_subject, b'{"batch":%d,"expires":%d}' % (room, expires), pull.reply
+                )
+                async with asyncio.timeout(wait + _PULL_MARGIN):
+                    await pull.done
             except TimeoutError:
-                # Nothing to fetch right now. nats-py raises its own TimeoutError or, on some
-                # paths of an expired pull, the builtin one: both mean the same.
-                continue
+                continue  # its status was lost (connection dropped): pull again
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # Reconnecting, consumer re-created by seek, leadership change...: keep
-                # pulling; the durable consumer keeps every unacked message for us.
-                failures += 1
-                log.warning(
-                    "pulling from %s/%s failed (%s: %s); retrying",
-                    self.stream, self.consumer, type(exc).__name__, exc,
-                )
-                await asyncio.sleep(min(0.05 * 2**failures, 2.0))
+                failures = await self._pull_failed(failures, f"{type(exc).__name__}: {exc}")
                 continue
-            msgs = [m for m in msgs if not _is_status(m)]
-            if self._closed:
-                await _nak_all(msgs)
-                return
-            lease_ends = time.monotonic() + self.ack_wait
-            self._buffer.extend([(m, lease_ends) for m in msgs])
-            self._gate.open()
+            finally:
+                self._pull = None
+            if pull.status is None or pull.status[0] in _PULL_ENDED:
+                failures = 0
+            else:
+                # Consumer deleted (seek re-creates it), leadership change, no responders...:
+                # keep pulling; the durable consumer keeps every unacked message for us.
+                code, description = pull.status
+                failures = await self._pull_failed(failures, f"status {code} {description}")
+
+    async def _pull_failed(self, failures: int, why: str) -> int:
+        failures += 1
+        log.warning("pulling from %s/%s failed (%s); retrying", self.stream, self.consumer, why)
+        await asyncio.sleep(min(0.05 * 2**failures, 2.0))
+        return failures
 
     async def _heartbeats(self) -> None:
         every = self._config.heartbeat
@@ -555,17 +660,19 @@ class JetStreamSubscription:
         self._capacity.open()
         if self._fetcher is not None:
             try:
-                async with asyncio.timeout(self._config.fetch_wait + 1.0):
-                    await asyncio.shield(self._fetcher)
+                async with asyncio.timeout(self._config.fetch_wait + _PULL_MARGIN):
+                    await asyncio.shield(self._fetcher)  # the last pull ends
             except TimeoutError:
                 self._fetcher.cancel()
             except Exception as exc:
                 log.debug("fetch loop ended with %s", exc)
+        # Nak only now: a nak while a pull is still open would be redelivered into it.
+        self._drained = True
         buffered, self._buffer = [msg for msg, _ in self._buffer], collections.deque()
         await _nak_all(buffered)
-        if self._psub is not None:
+        if self._inbox is not None:
             try:
-                await self._psub.unsubscribe()
+                await self._inbox.unsubscribe()
             except (nats.errors.Error, OSError, ValueError) as exc:
                 log.debug("unsubscribe failed: %s", exc)
         if not self._unsettled and self._ticker is not None:

@@ -121,6 +121,9 @@ class _Base:
         if self._publisher is not None and self._nc is not None:
             self._publisher.wire = FastWire.detect(self._nc) if self.config.fast_publish else None
 
+    def _current_wire(self) -> FastWire | None:
+        return self._publisher.wire if self._publisher is not None else None
+
     @property
     def fast_publish(self) -> bool:
         """Whether publishes currently go through ``mqkit_nats.wire.FastWire``."""
@@ -152,6 +155,9 @@ class _Base:
             else:
                 await sub.aclose()
         self._subscriptions.clear()
+        wire = self._current_wire()
+        if wire is not None:
+            await wire.drain()  # acks queued by handlers, into nats-py's buffer
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=2)  # acks and naks still buffered
@@ -443,7 +449,8 @@ class JetStreamTransport(_Base):
             return stream, await self._ensure_consumer(stream, group, list(found))
 
         sub = JetStreamSubscription(
-            self.js, bind, self.config, prefetch, self._publish_one, self._forget
+            self.nc, self.js, bind, self.config, prefetch, self._publish_one, self._forget,
+            self._current_wire,
         )
         self._subscriptions.add(sub)
         return sub

@@ -4,7 +4,8 @@ Why: nats-py's public ``publish`` builds each header block byte by byte (about 2
 on CPython 3.11), which made a core publish with mqkit's two headers cost four times a raw
 publish without headers. ``hpub`` builds the very same bytes (byte for byte what nats-py's
 ``publish`` sends for the same subject, reply, headers and payload; tests compare them) in one
-string, and ``FastWire.send`` hands a whole batch of frames to nats-py in one command.
+string (``hpub_head``; the publisher formats the usual message's frame in one go), and
+``FastWire.send`` hands a whole batch of frames to nats-py in commands of ``CHUNK_BYTES``.
 
 That needs two *private* nats-py methods, ``Client._send_command(cmd, priority=False)`` and
 ``Client._flush_pending(force_flush=False)``, plus the private attributes ``_server_info``
@@ -14,6 +15,9 @@ and after each reconnect; when any is missing or different, or the server does n
 header support, it returns ``None`` and the publishers use the public ``Client.publish``,
 which sends the same bytes, only slower. The ``fast_publish=false`` option forces the public
 path (for comparison, or if a nats-py release changes behaviour behind the same names).
+
+``queue`` takes small commands (JetStream acks) synchronously and hands those of one turn of the
+event loop to nats-py together; ``drain`` waits for them (the transport's ``close`` does).
 
 ``send`` keeps ``publish``'s contract: it raises nats-py's own errors for a closed or draining
 connection and for a full reconnect buffer, counts ``stats`` the same way, and buffers while
@@ -26,12 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
+
+log = logging.getLogger("mqkit.nats")
 
 # What one command given to nats-py holds at most: bounds the joined copy of a huge batch.
 CHUNK_BYTES = 256 * 1024
@@ -53,16 +60,21 @@ def header_block(headers: Mapping[str, str]) -> str:
 def hpub(subject: str, reply: str, block: str, body: bytes) -> tuple[bytes, int]:
     """The HPUB frame nats-py's ``publish`` sends, and its size as the server counts it
     against ``max_payload`` (header block and body). ``block`` is ``header_block``'s text."""
+    head, total = hpub_head(subject, reply, block, len(body))
+    return b"%b%b\r\n" % (head, body), total
+
+
+def hpub_head(subject: str, reply: str, block: str, body_size: int) -> tuple[bytes, int]:
+    """``hpub``'s frame up to the body (control line and header block), and the size the
+    server counts; the frame is this, the body, then CRLF."""
     if block.isascii():  # the usual case: one encode for control line and headers
         size = len(block)
-        total = size + len(body)
-        head = (f"HPUB {subject} {reply} {size} {total}\r\n" + block).encode()
-    else:
-        raw = block.encode()
-        size = len(raw)
-        total = size + len(body)
-        head = f"HPUB {subject} {reply} {size} {total}\r\n".encode() + raw
-    return b"%b%b\r\n" % (head, body), total
+        total = size + body_size
+        return f"HPUB {subject} {reply} {size} {total}\r\n{block}".encode(), total
+    raw = block.encode()
+    size = len(raw)
+    total = size + body_size
+    return f"HPUB {subject} {reply} {size} {total}\r\n".encode() + raw, total
 
 
 def _parameters(method: Any) -> list[str] | None:
@@ -77,10 +89,13 @@ def _parameters(method: Any) -> list[str] | None:
 class FastWire:
     """Sends pre-built frames through nats-py's private buffer. Build it with ``detect``."""
 
-    __slots__ = ("_nc",)
+    __slots__ = ("_nc", "_queued", "_writer", "_writing")
 
     def __init__(self, nc: NatsClient) -> None:
         self._nc = nc
+        self._queued: list[bytes] = []
+        self._writer: asyncio.Future[None] | None = None  # will take what is queued
+        self._writing: set[asyncio.Future[None]] = set()
 
     @classmethod
     def detect(cls, nc: NatsClient) -> FastWire | None:
@@ -101,29 +116,34 @@ class FastWire:
         return cls(nc)
 
     async def send(
-        self, frames: Sequence[bytes], payload_bytes: int, *, written: float | None = None
+        self,
+        chunks: Sequence[bytes],
+        count: int,
+        payload_bytes: int,
+        *,
+        written: float | None = None,
     ) -> None:
-        """Queue ``frames`` (``payload_bytes`` of bodies) in order, and start writing them.
+        """Queue ``chunks`` (whole frames joined: ``count`` messages with ``payload_bytes`` of
+        bodies, each chunk about ``CHUNK_BYTES`` at most) in order, and start writing them.
 
         With ``written`` (seconds), also wait, that long at most, until nats-py's flusher
         handed them to the socket (it does not while the connection is down: the caller's
         own PING round trip then fails). Raises what ``publish`` raises.
         """
-        if not frames:
+        if not chunks:
             return
         nc = self._nc
         if nc.is_closed:
             raise nats.errors.ConnectionClosedError
         if nc.is_draining_pubs:
             raise nats.errors.ConnectionDrainingError
-        chunks = _chunks(frames)
         if not nc.is_connected:
             limit: int = nc._max_pending_size
             size = sum(map(len, chunks))
             if limit <= 0 or size + nc.pending_data_size > limit:
                 raise nats.errors.OutboundBufferLimitError
         stats = nc.stats
-        stats["out_msgs"] += len(frames)
+        stats["out_msgs"] += count
         stats["out_bytes"] += payload_bytes
         for chunk in chunks:
             await nc._send_command(chunk)
@@ -135,19 +155,32 @@ class FastWire:
         flushed = asyncio.ensure_future(nc._flush_pending(force_flush=True))
         await asyncio.wait((flushed,), timeout=written)
 
+    def queue(self, command: bytes) -> None:
+        """Queue a small command (a JetStream ack): those queued in one turn of the event loop
+        are handed to nats-py together, written with one flush instead of one each.
 
-def _chunks(frames: Sequence[bytes]) -> list[bytes]:
-    """``frames`` joined into commands of about ``CHUNK_BYTES`` (a frame is never split)."""
-    total = sum(map(len, frames))
-    if total <= CHUNK_BYTES:
-        return [b"".join(frames)]
-    out: list[bytes] = []
-    start = size = 0
-    for i, frame in enumerate(frames):
-        size += len(frame)
-        if size >= CHUNK_BYTES:
-            out.append(b"".join(frames[start : i + 1]))
-            start, size = i + 1, 0
-    if start < len(frames):
-        out.append(b"".join(frames[start:]))
-    return out
+        Raises nats-py's error for a closed connection, as ``publish`` does; a later failure
+        (the connection closed meanwhile) is logged, and the server redelivers what an ack
+        did not reach after AckWait.
+        """
+        if self._nc.is_closed:
+            raise nats.errors.ConnectionClosedError
+        self._queued.append(command)
+        if self._writer is None:
+            self._writer = writer = asyncio.ensure_future(self._write_queued())
+            self._writing.add(writer)
+            writer.add_done_callback(self._writing.discard)
+
+    async def _write_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        self._writer = None  # what is queued from now on goes with the next write
+        try:
+            await self.send((b"".join(queued),), len(queued), 0)
+        except Exception as exc:
+            log.warning("%d JetStream ack(s) not sent (%s: %s); the server redelivers after "
+                        "AckWait", len(queued), type(exc).__name__, exc)
+
+    async def drain(self) -> None:
+        """Until every command queued so far was handed to nats-py."""
+        if self._writing:
+            await asyncio.wait(set(self._writing))

@@ -22,9 +22,10 @@ from mqkit import headers as h
 from mqkit.errors import ConfigurationError, PublishError
 from mqkit.message import Message
 from mqkit.transport import TopicSpec
-from mqkit_nats.headers import encode_headers, header_block
+from mqkit_nats.headers import encode_headers, header_block, msg_id_for
+from mqkit_nats.publisher import _frames
 from mqkit_nats.subscriber import _ack_metadata
-from mqkit_nats.wire import FastWire, hpub
+from mqkit_nats.wire import CHUNK_BYTES, FastWire, hpub
 from tests.nats.conftest import Factory
 
 MESSAGES = [
@@ -70,6 +71,40 @@ async def test_fast_frames_are_the_bytes_nats_py_sends(
     # Then the bytes are identical, and the size is what the server counts
     assert ours == theirs
     assert size == int(theirs.split(b"\r\n", 1)[0].split()[-1])
+
+
+@pytest.mark.parametrize("msg_id_mode", [None, "idempotency-key", "message-id"])
+def test_a_batch_is_framed_as_hpub_frames_each(msg_id_mode: str | None) -> None:
+    # Given usual messages, odd ones (keys, headers, odd ids, unicode) and a reply inbox
+    batch = [Message(topic="w.plain", body=b"p" * i) for i in range(3)]
+    batch += [*MESSAGES, Message(topic="_INBOX.x.1", body=b"r"), Message("w.plain", b"q")]
+    replies = None if msg_id_mode is None else [
+        "" if m.topic.startswith("_INBOX.") else f"_INBOX.acks.{i}" for i, m in enumerate(batch)
+    ]
+    # When the batch is framed at once
+    chunks, payload = _frames(batch, replies, 1 << 20, "nats", msg_id_mode)
+
+    # Then it is hpub's frame of each message, in order, with the bodies counted
+    def msg_id(m: Message) -> str | None:
+        if msg_id_mode is None or m.topic.startswith("_INBOX."):
+            return None
+        return msg_id_for(m, msg_id_mode)
+
+    expected = [
+        hpub(m.topic, replies[i] if replies else "", header_block(m, msg_id(m)), m.body)[0]
+        for i, m in enumerate(batch)
+    ]
+    assert chunks == [b"".join(expected)]
+    assert payload == sum(len(m.body) for m in batch)
+
+
+def test_a_large_batch_is_framed_in_chunks_of_whole_frames() -> None:
+    batch = [Message(topic="w.big", body=bytes([65 + i % 26]) * 50_000) for i in range(30)]
+    chunks, _ = _frames(batch, None, 1 << 20, "nats", None)
+    expected = [hpub(m.topic, "", header_block(m), m.body)[0] for m in batch]
+    assert b"".join(chunks) == b"".join(expected)
+    assert len(chunks) > 1 and all(len(c) < CHUNK_BYTES + 60_000 for c in chunks)
+    assert all(c.startswith(b"HPUB w.big ") and c.endswith(b"\r\n") for c in chunks)
 
 
 async def test_the_feature_check_passes_on_this_nats_py_and_server(core: Factory) -> None:
