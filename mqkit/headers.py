@@ -16,7 +16,7 @@ CONTENT_TYPE = "content-type"
 ATTEMPT = "x-mqkit-attempt"
 RESERVED = frozenset(
     {ATTEMPT, "x-mqkit-id", "x-mqkit-topic", "x-mqkit-not-before", "x-mqkit-key",
-     "x-mqkit-timestamp"}
+     "x-mqkit-timestamp", "x-mqkit-ns"}
 )
 """Names adapters keep their own bookkeeping in (a retry copy's attempt, original topic and
 not-before time; the id, key and timestamp where the broker has no field for them). They are

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pika.adapters.asyncio_connection import AsyncioConnection
@@ -23,6 +23,7 @@ from pika.connection import Connection
 from pika.heartbeat import HeartbeatChecker
 
 from mqkit.errors import ConnectionFailed, MqkitError
+from mqkit_rabbitmq import wire
 from mqkit_rabbitmq.config import RabbitConfig
 from mqkit_rabbitmq.errors import ChannelLost, connect_error
 
@@ -34,10 +35,13 @@ ReadyHook = Callable[[], Awaitable[None]]
 class Chan:
     """A pika channel plus the futures waiting on it. Loop thread only."""
 
-    __slots__ = ("_close_hooks", "_pending", "closed", "generation", "raw")
+    __slots__ = ("_close_hooks", "_pending", "body_max", "closed", "generation", "number", "raw")
 
     def __init__(self, raw: Channel, generation: int) -> None:
         self.raw = raw
+        self.number: int = raw.channel_number
+        # The largest body frame the connection negotiated (frame_max less the framing).
+        self.body_max: int = raw.connection.params.frame_max - wire.FRAME_OVERHEAD
         self.generation = generation
         self.closed: BaseException | None = None
         self._pending: set[asyncio.Future[Any]] = set()
@@ -87,27 +91,18 @@ class Chan:
         finally:
             self._pending.discard(fut)
 
-    @contextlib.contextmanager
-    def corked(self) -> Iterator[None]:
-        """Frames sent inside the block reach the socket as one write, after it.
+    def write(self, data: bytes) -> None:
+        """Send ``data``, whole frames of this channel, on the connection as one write.
 
-        pika hands the transport every frame separately (a published message is three), and
-        its asyncio transport then makes one ``send`` system call per frame. Corked, a run of
-        publishes costs one call. Relies on pika's ``_adapter_emit_data`` (the one method
-        its connection writes through, since pika 1.0); without it this does nothing.
+        Writes where pika's own frames go (``_adapter_emit_data``, the one method pika's
+        connection writes through since 1.0), so they keep their order with pika's frames.
+        Raises ``ChannelLost`` when the channel or its connection is not open.
         """
         conn = self.raw.connection
-        if not hasattr(type(conn), "_adapter_emit_data") or "_adapter_emit_data" in vars(conn):
-            yield  # an older pika, or already corked by an enclosing block
-            return
-        frames: list[bytes] = []
-        conn._adapter_emit_data = frames.append
-        try:
-            yield
-        finally:
-            del conn._adapter_emit_data
-            if frames:
-                conn._adapter_emit_data(b"".join(frames))
+        if self.closed is not None or not self.raw.is_open or not conn.is_open:
+            raise ChannelLost("the channel closed")
+        conn.bytes_sent += len(data)
+        conn._adapter_emit_data(data)
 
     async def close(self) -> None:
         """Close the channel; safe to call twice or on a lost channel."""

@@ -24,19 +24,27 @@ from pika.frame import Method
 from pika.spec import Basic
 
 from mqkit.errors import ConnectionFailed, MqkitError, PublishError, PublishTimeout
+from mqkit.message import Message
+from mqkit_rabbitmq import wire
 from mqkit_rabbitmq.config import RabbitConfig
 from mqkit_rabbitmq.connection import Chan, Link
-from mqkit_rabbitmq.errors import NO_ROUTE, channel_error
+from mqkit_rabbitmq.errors import NO_ROUTE, ChannelLost, channel_error
+from mqkit_rabbitmq.headers import encode_properties
 from mqkit_rabbitmq.topology import Route
 
 log = logging.getLogger("mqkit.rabbitmq")
 
-Outgoing = tuple[Route, bytes, pika.BasicProperties]
+Outgoing = tuple[Route, bytes, bytes | Message, str | None]
+"""Route, body, encoded properties (or the message to encode them from, see
+``headers.properties_later``) and the message id."""
 ChannelHook = Callable[[Chan], Awaitable[None]]
 
 WRITE_RUN = 64
 """Messages written to the socket at once. A large batch goes out in runs, so the broker
 routes and stores the first while the next are encoded, instead of waiting for the last."""
+
+FRAMES_REMEMBERED = 1024
+"""Encoded ``Basic.Publish`` frames kept per channel (one per route in use)."""
 
 
 class _Batch:
@@ -69,6 +77,9 @@ class Publisher:
         # delivery tag -> (batch, index in batch, message id); insertion order = tag order
         self._pending: dict[int, tuple[_Batch, int, str | None]] = {}
         self._returned: dict[int, str] = {}
+        self._unsettled_from = 1  # no tag below this one waits for a multiple ack
+        # The Basic.Publish frame on this channel, by its payload (``Route.method``)
+        self._frames: dict[bytes, bytes] = {}
 
     @property
     def channel(self) -> Chan | None:
@@ -91,8 +102,10 @@ class Publisher:
             chan.raw.add_on_return_callback(self._on_return)
             chan.on_close(self._on_close)
             self._tag = 0
+            self._unsettled_from = 1
             self._pending = {}
             self._returned = {}
+            self._frames = {}
             if self._on_open is not None:
                 await self._on_open(chan)
             self._chan = chan
@@ -106,29 +119,31 @@ class Publisher:
     # --- pika callbacks (loop thread) ------------------------------------------------------
     def _on_confirm(self, frame: Method[Basic.Ack | Basic.Nack]) -> None:
         method = frame.method
-        ok = isinstance(method, Basic.Ack)
         tag = method.delivery_tag
-        pending = self._pending
         if method.multiple:
-            while pending:
-                first = next(iter(pending))
-                if first > tag:
-                    break
-                self._settle(first, pending.pop(first), ok)
+            # Every tag up to ``tag``: those not settled one by one before.
+            tags: range | tuple[int] = range(self._unsettled_from, tag + 1)
+            self._unsettled_from = max(self._unsettled_from, tag + 1)
         else:
-            entry = pending.pop(tag, None)
-            if entry is not None:
-                self._settle(tag, entry, ok)
+            tags = (tag,)
+        pop = self._pending.pop
+        ok = isinstance(method, Basic.Ack)
+        for each in tags:
+            entry = pop(each, None)
+            if entry is None:
+                continue
+            batch = entry[0]
+            if not ok or self._returned:
+                self._check_refused(each, batch, ok)
+            batch.done_one()
 
-    def _settle(self, tag: int, entry: tuple[_Batch, int, str | None], ok: bool) -> None:
-        batch = entry[0]
+    def _check_refused(self, tag: int, batch: _Batch, ok: bool) -> None:
         if not ok:
             batch.errors.append(PublishError("the broker refused (nacked) a message"))
-        elif self._returned:
-            why = self._returned.pop(tag, None)
-            if why is not None:
-                batch.errors.append(PublishError(why))
-        batch.done_one()
+            return
+        why = self._returned.pop(tag, None)
+        if why is not None:
+            batch.errors.append(PublishError(why))
 
     def _on_return(
         self, _ch: object, method: Basic.Return, props: pika.BasicProperties, _body: bytes
@@ -189,29 +204,46 @@ class Publisher:
                 )
             log.info("connection lost before %d confirm(s); publishing them again", len(todo))
 
+    def _method_frame(self, channel: int, payload: bytes) -> bytes:
+        frames = self._frames
+        if len(frames) >= FRAMES_REMEMBERED:  # one-off routes, such as reply addresses
+            frames.clear()
+        frame = frames[payload] = wire.method_frame(channel, payload)
+        return frame
+
     async def _send(self, chan: Chan, todo: Sequence[Outgoing]) -> _Batch:
-        """Write ``todo`` in runs of ``WRITE_RUN``, yielding to the loop between runs so the
-        socket carries each run (one write) while the next is encoded."""
+        """Write ``todo`` in runs of ``WRITE_RUN`` (one socket write each), yielding to the
+        loop between runs so the broker stores each run while the next is encoded."""
         batch = _Batch(len(todo))
-        publish = chan.raw.basic_publish
         total, sent = len(todo), 0
+        number, body_max = chan.number, chan.body_max
+        frames = self._frames
         while sent < total:
             if sent:
                 await asyncio.sleep(0)
             if chan is not self._chan or not chan.is_open:
                 break  # closed while we yielded: its confirms are lost (see _on_close)
-            pending = self._pending
+            stop = min(sent + WRITE_RUN, total)
+            out: list[bytes] = []
+            for index in range(sent, stop):
+                route, body, props, _mid = todo[index]
+                frame = frames.get(route.method)
+                if frame is None:
+                    frame = self._method_frame(number, route.method)
+                out.append(frame)
+                if not isinstance(props, bytes):
+                    props = encode_properties(props)
+                wire.add_content(out, number, props, body, body_max)
             try:
-                with chan.corked():
-                    for index in range(sent, min(sent + WRITE_RUN, total)):
-                        route, body, props = todo[index]
-                        publish(route.exchange, route.routing_key, body, props, route.mandatory)
-                        self._tag += 1
-                        pending[self._tag] = (batch, index, props.message_id)
-                        sent = index + 1
-            except (px.ChannelWrongStateError, px.ChannelClosed, px.ConnectionClosed,
-                    px.StreamLostError):
-                break  # the channel closed under us
+                chan.write(b"".join(out))
+            except ChannelLost:
+                break  # nothing of this run went out
+            # The broker numbers the messages of the channel 1, 2, ... as they arrive.
+            pending, tag = self._pending, self._tag
+            for index in range(sent, stop):
+                tag += 1
+                pending[tag] = (batch, index, todo[index][3])
+            self._tag, sent = tag, stop
         if sent < total:
             # The rest goes again after a reconnect.
             batch.lost.extend(range(sent, total))

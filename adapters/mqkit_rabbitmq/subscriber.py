@@ -40,7 +40,7 @@ from mqkit.message import Delivery, Message
 from mqkit_rabbitmq.config import retry_bucket_ms
 from mqkit_rabbitmq.connection import Chan
 from mqkit_rabbitmq.errors import ChannelLost, channel_error
-from mqkit_rabbitmq.headers import from_delivery, retry_properties
+from mqkit_rabbitmq.headers import encode_pika_properties, from_delivery, retry_properties
 
 if TYPE_CHECKING:
     from mqkit_rabbitmq.transport import RabbitMQTransport
@@ -264,7 +264,8 @@ class Subscription:
             props = retry_properties(
                 delivery._props, delivery.message.topic, delivery.attempt + 1, bucket
             )
-            await transport.publisher.publish(((route, delivery._body, props),))
+            encoded = encode_pika_properties(props)
+            await transport.publisher.publish(((route, delivery._body, encoded, props.message_id),))
         except BaseException:
             self._settled()
             if chan.is_open:

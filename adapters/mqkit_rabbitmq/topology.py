@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mqkit.errors import ConfigurationError
 from mqkit.message import DLQ_SUFFIX
+from mqkit_rabbitmq import wire
 from mqkit_rabbitmq.config import QueueOptions, RabbitConfig
 from mqkit_rabbitmq.connection import Chan
 from mqkit_rabbitmq.errors import channel_error
@@ -34,6 +35,8 @@ from mqkit_rabbitmq.headers import DELAY
 REPLY_TO = "amq.rabbitmq.reply-to"
 """RabbitMQ's direct reply-to pseudo-queue; replies are published to its per-channel names."""
 PER_TOPIC_EXCHANGES = ("fanout", "headers")
+ROUTES_REMEMBERED = 10_000
+"""Routes kept per topic (each holds its encoded ``Basic.Publish``); past that, forgotten."""
 RETRY_LEASE = 3_600.0
 """Seconds an unused retry queue lives (``x-expires`` past its delay); it is redeclared,
 which renews the lease, whenever it is used after half of it."""
@@ -45,11 +48,16 @@ def is_pattern(topic: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where a publish goes."""
+    """Where a publish goes, and its ``Basic.Publish`` method encoded once."""
 
     exchange: str
     routing_key: str
     mandatory: bool
+    method: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", wire.publish_method(
+            self.exchange, self.routing_key, self.mandatory))
 
 
 class Topology:
@@ -64,6 +72,7 @@ class Topology:
         self.header_matches: dict[str, dict[str, str]] = {}
         """queue -> binding arguments on a headers exchange (from ``match.*`` options)."""
         self._retry_lock = asyncio.Lock()
+        self._routes: dict[str, Route] = {}
 
     # --- names ------------------------------------------------------------------------
     def exchange_for(self, topic: str) -> str:
@@ -84,10 +93,18 @@ class Topology:
         return name
 
     def route(self, topic: str) -> Route:
+        route = self._routes.get(topic)
+        if route is not None:
+            return route
         if topic.startswith(REPLY_TO):
             # Nobody may wait for a reply any more: that is not an error for the responder.
+            # Reply addresses are one-off: not remembered.
             return Route("", topic, False)
-        return Route(self.exchange_for(topic), topic, self.config.mandatory)
+        if len(self._routes) >= ROUTES_REMEMBERED:
+            self._routes.clear()
+        route = self._routes[topic] = Route(self.exchange_for(topic), topic,
+                                            self.config.mandatory)
+        return route
 
     def retry_route(self, queue: str) -> Route:
         return Route(self.config.retry_exchange, queue, True)

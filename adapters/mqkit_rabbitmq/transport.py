@@ -25,7 +25,7 @@ from mqkit.url import BrokerURL
 from mqkit_rabbitmq.config import RETRY_BUCKETS_MS, RabbitConfig
 from mqkit_rabbitmq.connection import Chan, Link
 from mqkit_rabbitmq.errors import channel_error
-from mqkit_rabbitmq.headers import from_delivery, to_properties
+from mqkit_rabbitmq.headers import encode_properties, from_delivery, properties_later
 from mqkit_rabbitmq.publisher import Outgoing, Publisher
 from mqkit_rabbitmq.subscriber import Subscription
 from mqkit_rabbitmq.topology import PER_TOPIC_EXCHANGES, REPLY_TO, Topology
@@ -149,7 +149,9 @@ class RabbitMQTransport:
         if self._starting:
             await self._subscriptions_bound()
         route = self.topology.route
-        items: list[Outgoing] = [(route(m.topic), m.body, to_properties(m)) for m in messages]
+        items: list[Outgoing] = [
+            (route(m.topic), m.body, properties_later(m), m.id) for m in messages
+        ]
         await self._check_exchanges(items)
         await self.publisher.publish(items)
 
@@ -165,8 +167,8 @@ class RabbitMQTransport:
 
     async def _check_exchanges(self, items: Sequence[Outgoing]) -> None:
         needs = self.topology.needs_exchange_check
-        missing = {r.exchange for r, _b, _p in items if needs(r.exchange)}
-        for exchange in missing:
+        exchanges = {item[0].exchange for item in items}
+        for exchange in [name for name in exchanges if needs(name)]:
             try:
                 await self.topology.check_exchange(await self._admin_channel(), exchange)
             except MqkitError:
@@ -282,7 +284,8 @@ class RabbitMQTransport:
         self._replies[correlation] = fut
         try:
             async with asyncio.timeout(timeout):
-                item = (self.topology.route(request.topic), request.body, to_properties(request))
+                item = (self.topology.route(request.topic), request.body,
+                        encode_properties(request), request.id)
                 await self._check_exchanges((item,))
                 await self._rpc.publish((item,))
                 return await fut
