@@ -9,6 +9,13 @@ Credentials: user/password or a lone token in the URL, ``token=``, ``nkey_seed=`
 seed string) or ``creds=`` (a credentials file) as options; all are passed to nats-py and
 redacted from reprs, logs and errors. Other options are listed in ``mqkit_nats.config``.
 
+TLS: ``tls=true`` (or any of ``tls_ca_file``, ``tls_cert_file`` + ``tls_key_file`` for mutual
+TLS, ``tls_hostname``) encrypts the connection and verifies the server's certificate (system
+trust store or ``tls_ca_file``) and name; a server that does not offer TLS is refused with
+``ConnectionFailed``. ``tls_verify=false`` turns verification off, with a WARNING. Without
+any TLS option, a server that requires TLS is still verified against the system trust store.
+The ``nats+tls://`` / ``jetstream+tls://`` schemes are not registered: use ``?tls=true``.
+
 Core NATS (``NatsTransport``) features: publish (confirmed by a server round trip),
 subscribe with queue groups (a group's members compete; every group sees every message),
 request/reply on inboxes with a timeout (``RequestTimeout`` at once when no responder is

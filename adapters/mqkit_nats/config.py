@@ -26,15 +26,39 @@ Options (all optional; seconds for durations):
   when the connection passes the feature check of ``mqkit_nats.wire``, and queue JetStream
   acks there too (else, or with ``false``, every message goes through nats-py's public
   ``publish`` and every ack through ``Msg.ack``; same bytes either way).
+
+TLS (the server's certificate is always verified unless ``tls_verify=false`` says otherwise):
+
+- ``tls`` (false): ``true`` encrypts the connection; the server's certificate is verified
+  against the system trust store and its name against the URL's host. A server that does
+  not offer TLS is refused with ``ConnectionFailed`` before any message is sent (nats-py
+  has by then sent its CONNECT, credentials included, in plaintext to that server);
+- ``tls_ca_file``: a PEM CA bundle to verify the server with instead of the system trust
+  store (implies ``tls``);
+- ``tls_cert_file`` and ``tls_key_file``: a PEM client certificate and its unencrypted key,
+  for servers that require mutual TLS; both or neither (imply ``tls``);
+- ``tls_hostname``: the name the server's certificate must carry when it differs from the
+  host in the URL (implies ``tls``);
+- ``tls_verify`` (true): ``false`` skips verifying the server's certificate and name (the
+  traffic is still encrypted, but anyone on the path can pose as the server); a WARNING says
+  so once per transport (implies ``tls``).
+
+A missing or unreadable file raises ``ConfigurationError`` naming the option (and the path,
+never the content) when the transport is built; ``tls=false`` with another ``tls_*`` option
+is a ``ConfigurationError`` too.
 """
 
 from __future__ import annotations
 
+import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
 from mqkit.errors import ConfigurationError
 from mqkit.url import BrokerURL
+
+log = logging.getLogger("mqkit.nats")
 
 MSG_ID_MODES = ("idempotency-key", "message-id")
 STORAGE = ("file", "memory")
@@ -90,9 +114,12 @@ class NatsConfig:
     msg_id: str = "idempotency-key"
     heartbeat: float = 10.0
     fast_publish: bool = True
+    tls: bool = False
+    tls_hostname: str | None = None
+    tls_context: ssl.SSLContext | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
-        return f"NatsConfig({self.url.safe()!r}, jetstream={self.jetstream})"
+        return f"NatsConfig({self.url.safe()!r}, jetstream={self.jetstream}, tls={self.tls})"
 
     @property
     def secrets(self) -> list[str]:
@@ -122,6 +149,7 @@ class NatsConfig:
         max_deliver = int(_number(merged, "max_deliver", -1, -1))
         if max_deliver == 0:
             raise ConfigurationError("option max_deliver must be -1 (unlimited) or >= 1")
+        tls_context, tls_hostname = _tls(merged, url)
         config = cls(
             url=url,
             servers=servers,
@@ -146,6 +174,9 @@ class NatsConfig:
             msg_id=msg_id,
             heartbeat=_heartbeat(merged, ack_wait),
             fast_publish=_flag(merged, "fast_publish", True),
+            tls=tls_context is not None,
+            tls_hostname=tls_hostname,
+            tls_context=tls_context,
         )
         if merged:
             raise ConfigurationError(
@@ -174,6 +205,10 @@ class NatsConfig:
             kwargs["nkeys_seed_str"] = self.nkey_seed
         if self.creds:
             kwargs["user_credentials"] = self.creds
+        if self.tls_context is not None:
+            kwargs["tls"] = self.tls_context
+            if self.tls_hostname:
+                kwargs["tls_hostname"] = self.tls_hostname
         return kwargs
 
 
@@ -182,3 +217,100 @@ def _heartbeat(options: dict[str, Any], ack_wait: float) -> float:
     if 0 < value < 0.05:
         raise ConfigurationError(f"option heartbeat must be 0 (off) or >= 0.05, got {value:g}")
     return value
+
+
+_TLS_IMPLIED_BY = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_hostname")
+
+
+def _tls(options: dict[str, Any], url: BrokerURL) -> tuple[ssl.SSLContext | None, str | None]:
+    """The TLS context the options ask for (None: plaintext) and the name to verify."""
+    explicit = options.pop("tls", None)
+    given = {name: _text(options.pop(name, None)) for name in _TLS_IMPLIED_BY}
+    ca_file, cert_file, key_file, hostname = given.values()
+    verify = _flag(options, "tls_verify", True)
+    implied = [name for name, value in given.items() if value is not None]
+    if not verify:
+        implied.append("tls_verify")
+    wanted = _flag({"tls": explicit}, "tls", False) if explicit is not None else bool(implied)
+    if not wanted:
+        if implied:
+            raise ConfigurationError(f"tls=false contradicts option(s) {', '.join(implied)}")
+        return None, None
+    if (cert_file is None) != (key_file is None):
+        raise ConfigurationError(
+            "options tls_cert_file and tls_key_file go together (mutual TLS): give both"
+        )
+    context = _tls_context(ca_file, cert_file, key_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        log.warning(
+            "NATS %s: tls_verify=false: the server's certificate and name are NOT verified; "
+            "the traffic is encrypted but anyone on the path can pose as the server",
+            url.safe(),
+        )
+    return context, hostname
+
+
+def encrypted(nc: Any) -> bool:
+    """Whether nats-py's connection ``nc`` runs over TLS right now.
+
+    nats-py upgrades to TLS only when the server's INFO asks for it, whatever ``tls=`` says,
+    so a transport that wants TLS checks this before using the connection. Reads nats-py
+    internals: if they move, this says False and TLS connections are refused (fail closed)."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    get_extra_info = getattr(writer, "get_extra_info", None)
+    return get_extra_info is not None and get_extra_info("ssl_object") is not None
+
+
+def _text(value: Any) -> str | None:
+    """An option's string value; None when absent or blank."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _tls_context(
+    ca_file: str | None, cert_file: str | None, key_file: str | None
+) -> ssl.SSLContext:
+    """A verifying client context (CERT_REQUIRED, hostname checked) with the given files.
+
+    Errors name the option and the path, never what a file holds."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:
+        raise _file_error("tls_ca_file", ca_file, exc) from None
+    if cert_file is not None and key_file is not None:
+        _check_readable("tls_cert_file", cert_file)
+        _check_readable("tls_key_file", key_file)
+        try:
+            context.load_cert_chain(cert_file, key_file, password=_encrypted_key)
+        except OSError as exc:
+            pair = f"{cert_file}, {key_file}"
+            raise _file_error("tls_cert_file/tls_key_file", pair, exc) from None
+    return context
+
+
+def _encrypted_key() -> str:
+    # Called by OpenSSL only for an encrypted key; without it OpenSSL would prompt on the tty.
+    raise ConfigurationError(
+        "option tls_key_file: the key is encrypted with a passphrase; give an unencrypted key"
+    )
+
+
+def _check_readable(option: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise _file_error(option, path, exc) from None
+
+
+def _file_error(option: str, path: str | None, exc: OSError) -> ConfigurationError:
+    if isinstance(exc, ssl.SSLError):
+        # The reason is an OpenSSL code (e.g. KEY_VALUES_MISMATCH), never the file's content.
+        why = f"not a usable PEM file ({exc.reason or 'unreadable'})"
+    else:
+        why = exc.strerror or type(exc).__name__
+    return ConfigurationError(f"option {option}: cannot use {path!r}: {why}")

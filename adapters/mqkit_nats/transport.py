@@ -33,7 +33,7 @@ from mqkit.errors import (
 from mqkit.message import Delivery, Message
 from mqkit.transport import Capabilities, TopicSpec
 from mqkit.url import BrokerURL, redact_text
-from mqkit_nats.config import NatsConfig
+from mqkit_nats.config import NatsConfig, encrypted
 from mqkit_nats.errors import convert, translate
 from mqkit_nats.headers import decode_message, encode_headers
 from mqkit_nats.publisher import CorePublisher, JetStreamPublisher
@@ -45,6 +45,7 @@ from mqkit_nats.subjects import (
     subject,
 )
 from mqkit_nats.subscriber import CoreSubscription, JetStreamSubscription
+from mqkit_nats.tls_guard import client_class
 from mqkit_nats.wire import FastWire
 
 log = logging.getLogger("mqkit.nats")
@@ -81,7 +82,7 @@ class _Base:
             if self._nc is not None and not self._nc.is_closed:
                 return
             config = self.config
-            nc = NatsClient()
+            nc = client_class(config.tls)()
             try:
                 async with asyncio.timeout(config.connect_timeout):
                     await nc.connect(
@@ -99,6 +100,12 @@ class _Base:
                     raise
                 cause = self._last_error or exc
                 raise self._connect_error(cause, exc) from cause
+            if config.tls and not encrypted(nc):
+                await nc.close()
+                raise ConnectionFailed(
+                    f"could not connect to {config.url.safe()}: TLS was asked for but the "
+                    "connection is not encrypted; refused before any message was sent"
+                )
             self._nc = nc
             self.capabilities = replace(self.capabilities, max_message_bytes=nc.max_payload)
             await self._after_connect(nc)
