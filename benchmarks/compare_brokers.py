@@ -33,7 +33,15 @@ from compare_peers import (
     KombuRabbit,
     KombuSimple,
 )
-from compare_raw import JetStreamRaw, KafkaRaw, NatsCoreRaw, QueueRaw, RabbitRaw, SqsRaw
+from compare_raw import (
+    JetStreamRaw,
+    KafkaRaw,
+    KafkaRawRecord,
+    NatsCoreRaw,
+    QueueRaw,
+    RabbitRaw,
+    SqsRaw,
+)
 
 from mqkit import registry
 from mqkit.client import DLQ_GROUP
@@ -136,7 +144,8 @@ class Kafka(Broker):
 
     def peer_contenders(self) -> list[Contender]:
         # Kombu is not measured on Kafka: Kombu does not support its Kafka transport well.
-        return [FastStreamKafka(self.bootstrap), FastStreamConfluent(self.bootstrap)]
+        return [KafkaRawRecord(self.bootstrap), FastStreamKafka(self.bootstrap),
+                FastStreamConfluent(self.bootstrap)]
 
     async def drop(self, topic: Topic) -> None:
         admin = ck_admin.AdminClient({"bootstrap.servers": self.bootstrap})
