@@ -9,6 +9,9 @@ in no log, repr or error (``str(url)`` is redacted).
 
 Options (URL query or keyword arguments to the transport; keyword wins):
 
+- amqps:// only: ``tls_ca_file``, ``tls_cert_file`` + ``tls_key_file`` (mutual TLS),
+  ``tls_hostname``, ``tls_verify`` (true; ``false`` only explicitly, with a WARNING); see
+  ``mqkit_rabbitmq.config``;
 - ``exchange`` (``mqkit``): the shared exchange, or the prefix of per-topic exchanges;
 - ``exchange_type`` (``topic``): ``topic`` (routing key = topic, wildcards ``*``/``#``),
   ``direct`` (exact keys), ``fanout`` or ``headers`` (an exchange per topic; extra header

@@ -5,11 +5,27 @@ is the URL path, percent-encoded (``/%2F`` is the default vhost ``/``). Every op
 also be given as a keyword argument to the transport (keyword wins). Unknown options are a
 ``ConfigurationError`` naming the known ones, never silently ignored.
 
+TLS (``amqps://`` only; on ``amqp://`` these are a ``ConfigurationError``): the broker's
+certificate is verified (``CERT_REQUIRED``) and its name checked against the URL host.
+
+- ``tls_ca_file``: PEM bundle of the CAs to trust *instead of* the system trust store
+  (an internal CA);
+- ``tls_cert_file`` + ``tls_key_file`` (both or neither): PEM client certificate and its
+  unencrypted key, for brokers that require one (``fail_if_no_peer_cert``);
+- ``tls_hostname``: the name to verify (and send as SNI) when it differs from the URL host;
+- ``tls_verify`` (true): ``false`` turns verification off (tests only: anyone in the path can
+  impersonate the broker); a WARNING says so once per transport.
+
+The files are read once, when the transport is created: a missing or unreadable file is a
+``ConfigurationError`` naming the option (never the file's contents).
+
 Secrets: the password lives only in ``credentials``; ``repr`` shows the redacted URL.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +35,8 @@ import pika
 
 from mqkit.errors import ConfigurationError
 from mqkit.url import BrokerURL
+
+log = logging.getLogger("mqkit.rabbitmq")
 
 EXCHANGE_TYPES = ("topic", "direct", "fanout", "headers")
 QUEUE_TYPES = ("classic", "quorum")
@@ -54,6 +72,86 @@ def _number(name: str, value: Any, kind: type[int] | type[float], low: float) ->
     if number < low:
         raise ConfigurationError(f"option {name} must be >= {low}, got {value!r}")
     return number
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """How an ``amqps://`` connection checks the broker and proves who the client is."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    hostname: str | None = None
+    verify: bool = True
+
+    @classmethod
+    def take(cls, opts: dict[str, Any], tls: bool) -> TlsOptions:
+        """Pop the ``tls_*`` options from ``opts`` (validated; files are not read yet)."""
+        given = {name: opts.pop(name) for name in TLS_OPTIONS if name in opts}
+        if given and not tls:
+            raise ConfigurationError(
+                f"options {', '.join(sorted(given))} configure TLS: use an amqps:// URL"
+            )
+        paths = {name: _path(name, given.get(name)) for name in TLS_OPTIONS[:3]}
+        if (paths["tls_cert_file"] is None) != (paths["tls_key_file"] is None):
+            raise ConfigurationError(
+                "options tls_cert_file and tls_key_file go together: give both or neither"
+            )
+        hostname = str(given.get("tls_hostname") or "").strip()
+        return cls(
+            ca_file=paths["tls_ca_file"],
+            cert_file=paths["tls_cert_file"],
+            key_file=paths["tls_key_file"],
+            hostname=hostname or None,
+            verify=_flag("tls_verify", given.get("tls_verify", True)),
+        )
+
+    def context(self) -> ssl.SSLContext:
+        """The SSL context of every connection: ``CERT_REQUIRED`` and ``check_hostname``
+        unless ``verify`` is off. Raises ``ConfigurationError`` for an unusable file."""
+        try:
+            # With a cafile only that bundle is trusted, not the system store.
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise _unusable("tls_ca_file", self.ca_file, "a PEM CA bundle", exc) from exc
+        if self.cert_file is not None:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file, password=_no_password)
+            except (OSError, ssl.SSLError) as exc:
+                raise _unusable(
+                    "tls_cert_file/tls_key_file", f"{self.cert_file}, {self.key_file}",
+                    "a PEM certificate and its matching unencrypted key", exc,
+                ) from exc
+        if not self.verify:
+            context.check_hostname = False  # before verify_mode: ssl insists on this order
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+TLS_OPTIONS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_hostname", "tls_verify")
+
+
+def _path(name: str, value: Any) -> str | None:
+    """A file option's path (``str`` or ``os.PathLike``); it must name a file."""
+    if value is None:
+        return None
+    path = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise ConfigurationError(f"option {name}: {path!r} is not a file")
+    return str(path)
+
+
+def _no_password() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal and block the service.
+    raise ConfigurationError("option tls_key_file: the key is encrypted; give an unencrypted key")
+
+
+def _unusable(name: str, path: str | None, wanted: str, exc: BaseException) -> ConfigurationError:
+    # The reason only (ssl's or the OS's words), never the bytes of the file.
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+    return ConfigurationError(f"option {name}: cannot load {path!r} as {wanted} ({reason})")
 
 
 @dataclass(frozen=True)
@@ -131,6 +229,9 @@ class RabbitConfig:
     username: str
     credentials: pika.PlainCredentials = field(compare=False)
     tls: bool
+    tls_options: TlsOptions = field(default_factory=TlsOptions)
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False)
+    """Built once from ``tls_options`` (amqps:// only), shared by every (re)connection."""
     exchange: str = "mqkit"
     exchange_type: str = "topic"
     queue: QueueOptions = field(default_factory=QueueOptions)
@@ -166,6 +267,7 @@ class RabbitConfig:
             message_ttl=_opt_float(take("message_ttl", None), "message_ttl"),
             max_length=_opt_int(take("max_length", None), "max_length", 0),
         )
+        tls_options = TlsOptions.take(opts, tls)
         exchange_type = str(take("exchange_type", "topic"))
         if exchange_type not in EXCHANGE_TYPES:
             raise ConfigurationError(
@@ -179,6 +281,8 @@ class RabbitConfig:
             username=username,
             credentials=pika.PlainCredentials(username, password),
             tls=tls,
+            tls_options=tls_options,
+            ssl_context=tls_options.context() if tls else None,
             exchange=str(take("exchange", "mqkit")),
             exchange_type=exchange_type,
             queue=queue,
@@ -201,15 +305,23 @@ class RabbitConfig:
                 f"unknown amqp:// options: {sorted(opts)} (known: exchange, exchange_type, "
                 "queue_type, max_priority, message_ttl, max_length, heartbeat, connect_timeout, "
                 "publish_timeout, reconnect_max_delay, mandatory, max_message_bytes, "
-                "request_timeout)"
+                "request_timeout, tls_ca_file, tls_cert_file, tls_key_file, tls_hostname, "
+                "tls_verify)"
+            )
+        if tls and not tls_options.verify:
+            log.warning(
+                "TLS certificate verification is OFF (tls_verify=false) for %s: the broker's "
+                "identity is not checked; never use this in production", url.safe(),
             )
         return config
 
     def parameters(self) -> pika.ConnectionParameters:
         """pika's connection parameters (no retries: mqkit's reconnect loop does that)."""
         ssl_options = None
-        if self.tls:
-            ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=self.host)
+        if self.ssl_context is not None:
+            ssl_options = pika.SSLOptions(
+                self.ssl_context, server_hostname=self.tls_options.hostname or self.host
+            )
         return pika.ConnectionParameters(
             host=self.host,
             port=self.port,

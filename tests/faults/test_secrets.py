@@ -392,7 +392,9 @@ async def test_dead_letter_of_an_error_naming_the_broker_url_hides_its_secrets(
 # --- TLS ------------------------------------------------------------------------------------
 
 
-def test_amqps_verifies_certificates_and_hostname_by_default() -> None:
+def test_amqps_verifies_certificates_and_hostname_by_default(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from mqkit_rabbitmq.config import RabbitConfig
 
     config = RabbitConfig.from_url(BrokerURL.parse("amqps://app:pw@rabbit.example.com/%2F"))
@@ -403,12 +405,16 @@ def test_amqps_verifies_certificates_and_hostname_by_default() -> None:
     assert context.check_hostname is True
     assert parameters.ssl_options.server_hostname == "rabbit.example.com"
     assert parameters.port == 5671
-    # And there is no option that turns verification off
-    for option in ("verify", "ssl_verify", "tls_verify", "insecure", "cert_reqs"):
+    # And verification goes off only when tls_verify=false is given explicitly, with a WARNING
+    for option in ("verify", "ssl_verify", "insecure", "cert_reqs"):
         with pytest.raises(ConfigurationError):
             RabbitConfig.from_url(BrokerURL.parse(f"amqps://h/%2F?{option}=false"))
+    with caplog.at_level(logging.WARNING, logger="mqkit.rabbitmq"):
+        off = RabbitConfig.from_url(BrokerURL.parse("amqps://h/%2F?tls_verify=false"))
+    assert off.ssl_context is not None and off.ssl_context.verify_mode == ssl.CERT_NONE
+    assert any("verification is OFF" in r.getMessage() for r in caplog.records)
     report("tls-default", "rabbitmq", verify_mode="CERT_REQUIRED", check_hostname=True,
-           opt_out="none", lost=0, unexpected=0)
+           opt_out="tls_verify=false (explicit, WARNING)", lost=0, unexpected=0)
 
 
 def test_kafka_ssl_keeps_librdkafka_verification_unless_told() -> None:
