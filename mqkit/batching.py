@@ -12,7 +12,9 @@ Settlement is still per message, and nothing is acked that did not succeed:
 One batch runs at a time per subscription, so order per key is kept. A source with an
 optional ``take(max_items, timeout) -> list[Delivery]`` (Kafka) is read a batch at a time
 instead of one ``__anext__`` per message, and one with ``async ack_many(deliveries)`` acks a
-handled batch in one call.
+handled batch in one call. One with ``take_batch(max_items, timeout) -> SourceBatch`` (Kafka)
+hands out a batch as one object: bodies without a ``Message`` or ``Delivery`` per message,
+one ``ack`` for all, and per-message deliveries only when something went wrong.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, get_args, get_origin
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, get_args, get_origin
 
 from mqkit import headers as h
 from mqkit.errors import ConfigurationError, DecodeError, ErrorKind
 from mqkit.handlers import UserHandler, body_decoder, payload_type
-from mqkit.message import Delivery
+from mqkit.message import Delivery, Message
 from mqkit.middleware.deadletter import PERMANENT
 from mqkit.middleware.retry import EXHAUSTED, RetryPolicy
 
@@ -34,6 +36,36 @@ log = logging.getLogger("mqkit.batch")
 
 IDLE_TAKE_SECONDS = 1.0
 """How long one ``take`` call waits for a first delivery before asking again."""
+EMPTY_AT_ONCE_PAUSE = 0.05
+"""An empty ``take`` that returned at once (a closed source answers so) is retried after this
+pause rather than straight away: a take that never suspends would hold the event loop."""
+
+
+class SourceBatch(Protocol):
+    """What a source's ``take_batch`` returns: some messages, handed out together."""
+
+    def __len__(self) -> int: ...
+
+    def extend(self, other: Any) -> None:
+        """Append a later batch of the same source (which is left empty)."""
+
+    def bodies(self) -> list[bytes]:
+        """The bodies, in order."""
+
+    def messages(self) -> list[Message]:
+        """The messages, in order."""
+
+    def deliveries(self) -> Sequence[Delivery]:
+        """One delivery per message, each settled on its own from then on."""
+
+    async def ack(self) -> None:
+        """Ack every message of the batch."""
+
+
+async def _pause_if_at_once(loop: asyncio.AbstractEventLoop, asked: float) -> None:
+    """After an empty take: pause if it did not wait (see ``EMPTY_AT_ONCE_PAUSE``)."""
+    if loop.time() - asked < IDLE_TAKE_SECONDS / 2:
+        await asyncio.sleep(EMPTY_AT_ONCE_PAUSE)
 
 
 def item_type(func: UserHandler) -> Any:
@@ -70,6 +102,7 @@ class BatchConsumer:
         self._func = func
         self._target = target
         self._to_payload = body_decoder(target)
+        self._bodies_only = target is bytes  # the payloads are the bodies themselves
         self._ack_many: Callable[[list[Delivery]], Awaitable[None]] | None = getattr(
             source, "ack_many", None
         )
@@ -95,6 +128,10 @@ class BatchConsumer:
             await aclose()
 
     async def _loop(self) -> None:
+        take_batch = getattr(self._source, "take_batch", None)
+        if take_batch is not None:
+            await self._loop_batches(take_batch)
+            return
         take = getattr(self._source, "take", None)
         if take is not None:
             await self._loop_taking(take)
@@ -135,8 +172,10 @@ class BatchConsumer:
         batch: list[Delivery] = []
         try:
             while True:
+                asked = loop.time()
                 batch.extend(await take(self._size, IDLE_TAKE_SECONDS))
                 if not batch:
+                    await _pause_if_at_once(loop, asked)
                     continue
                 window_ends = loop.time() + self._timeout
                 while len(batch) < self._size:
@@ -152,6 +191,59 @@ class BatchConsumer:
             if batch:  # fetched but not yet handed over: finish it rather than strand it
                 await self._handle(batch)
             raise
+
+    async def _loop_batches(
+        self, take_batch: Callable[[int, float], Awaitable[SourceBatch]]
+    ) -> None:
+        """The same loop for sources that hand out a batch as one object (``take_batch``)."""
+        loop = asyncio.get_running_loop()
+        batch: SourceBatch | None = None
+        try:
+            while True:
+                asked = loop.time()
+                batch = await take_batch(self._size, IDLE_TAKE_SECONDS)
+                if not len(batch):
+                    batch = None
+                    await _pause_if_at_once(loop, asked)
+                    continue
+                window_ends = loop.time() + self._timeout
+                while (missing := self._size - len(batch)) > 0:
+                    left = window_ends - loop.time()
+                    if left <= 0:
+                        break
+                    more = await take_batch(missing, left)
+                    if not len(more):
+                        break
+                    batch.extend(more)
+                current, batch = batch, None
+                self._in_hand = asyncio.ensure_future(self._handle_batch(current))
+                await asyncio.shield(self._in_hand)
+        except asyncio.CancelledError:
+            if batch is not None and len(batch):  # fetched, not handed over: finish it
+                await self._handle_batch(batch)
+            raise
+
+    async def _handle_batch(self, batch: SourceBatch) -> None:
+        """``_handle`` for a ``SourceBatch``: acked as one when every body decodes and the
+        handler returns; otherwise split into deliveries and settled as ``_handle`` does."""
+        if self._bodies_only:
+            items = batch.bodies()
+        else:
+            to_payload = self._to_payload
+            try:
+                items = [to_payload(message) for message in batch.messages()]
+            except DecodeError:  # dead-letter the bad ones alone, run the rest
+                await self._handle(list(batch.deliveries()))
+                return
+        try:
+            await self._func(items)
+        except Exception as exc:
+            deliveries = batch.deliveries()
+            for delivery in deliveries:
+                delivery.state["group"] = self.group
+            await self._fail(deliveries, exc)
+            return
+        await batch.ack()
 
     async def _handle(self, batch: list[Delivery]) -> None:
         items: list[Any] = []
@@ -177,7 +269,7 @@ class BatchConsumer:
         for delivery in good:
             await delivery.ack()
 
-    async def _fail(self, batch: list[Delivery], exc: Exception) -> None:
+    async def _fail(self, batch: Sequence[Delivery], exc: Exception) -> None:
         policy = self._retry
         permanent = policy.classifier.classify(exc) is ErrorKind.PERMANENT
         log.warning("batch of %d on %s failed: %s: %s", len(batch), self.topic,

@@ -31,6 +31,8 @@ ATTEMPT = h.ATTEMPT
 TOMBSTONE = "x-mqkit-tombstone"
 """Set on a ``Message`` to publish a Kafka tombstone (a null value); set on a received one."""
 INTERNAL = frozenset({ID, TOPIC, NOT_BEFORE, ATTEMPT, TOMBSTONE})
+_STRIPPED = INTERNAL - {ID}
+"""The internal headers ``_internal`` removes (the id is taken out before)."""
 
 RawHeaders = list[tuple[str, str | bytes | None]]
 
@@ -95,23 +97,42 @@ def decode_record(
 ) -> tuple[Message, int]:
     """``decode`` for a ``confluent_kafka.Message`` straight off ``consume`` (``topic``,
     ``partition`` and ``offset`` are the record's, already read by the caller). The consuming
-    hot path: a record whose only header is ``x-mqkit-id`` (what mqkit publishes) skips the
-    header dict altogether.
+    hot path, so ``_message`` is inlined: one loop over the headers, and the internal ones
+    looked for with a single set test.
 
     ``x-mqkit-attempt`` and ``x-mqkit-topic`` are believed only when ``retry_copy`` (the
     record was read from mqkit's retry topic): on any other topic a producer that bypasses
     mqkit could forge them, so they are stripped and ignored (attempt 1, the record's topic).
     """
+    headers: dict[str, str] = {}
+    message_id: str | None = None
+    attempt = 1
     raw = record.headers()
-    headers: dict[str, str]
-    if raw and len(raw) == 1 and raw[0][0] == ID:
-        value = raw[0][1]
-        headers, message_id = {}, (value.decode("utf-8", "replace") if value else None)
-    else:
-        headers = decode_headers(raw)
+    if raw:
+        for name, value in raw:
+            headers[name] = value.decode("utf-8", "replace") if value else ""
         message_id = headers.pop(ID, None)
-    return _message(topic, partition, offset, record.key(), record.value(), headers, message_id,
-                    record.timestamp()[1], retry_copy)
+        if headers and not _STRIPPED.isdisjoint(headers):
+            original, claimed, message_id = _internal(headers, topic, message_id)
+            if retry_copy:
+                topic, attempt = original, claimed
+        elif headers and not message_id:
+            message_id = headers.get("ce-id")
+    if not message_id:
+        message_id = f"{topic}:{partition}:{offset}"
+    value = record.value()
+    if value is None:
+        headers[TOMBSTONE] = "1"
+    key = record.key()
+    timestamp_ms = record.timestamp()[1]
+    return received_message(
+        topic,
+        value or b"",
+        None if key is None else key.decode("utf-8", "replace"),
+        headers,
+        message_id,
+        timestamp_ms / 1000.0 if timestamp_ms > 0 else 0.0,
+    ), attempt
 
 
 def _message(
@@ -125,8 +146,9 @@ def _message(
     timestamp_ms: int,
     retry_copy: bool,
 ) -> tuple[Message, int]:
-    """The shared end of ``decode`` and ``decode_record``: internal headers popped (and
-    believed only on a retry copy), an id for records without one, tombstones marked."""
+    """The end of ``decode`` (``decode_record`` inlines the same steps): internal headers
+    popped (and believed only on a retry copy), an id for records without one, tombstones
+    marked."""
     attempt = 1
     if headers:
         original, claimed, message_id = _internal(headers, topic, message_id)

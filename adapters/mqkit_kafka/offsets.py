@@ -36,6 +36,22 @@ class PartitionOffsets:
             raise ValueError(f"offset {offset} added after {self._pending[-1]}")
         self._pending.append(offset)
 
+    def add_run(self, offsets: list[int]) -> None:
+        """``add`` for several fetched offsets at once (a run of one ``consume`` call)."""
+        if not offsets:
+            return
+        first, last = offsets[0], offsets[-1]
+        pending = self._pending
+        if pending and first <= pending[-1]:
+            raise ValueError(f"offset {first} added after {pending[-1]}")
+        # Strictly increasing: sorted (a near-free check on sorted input) and, unless the
+        # run is gap-free, without repeats.
+        if offsets != sorted(offsets) or (
+            last - first != len(offsets) - 1 and len(set(offsets)) != len(offsets)
+        ):
+            raise ValueError(f"offsets {first}..{last} are not strictly increasing")
+        pending.extend(offsets)
+
     def done(self, offset: int) -> bool:
         """Mark ``offset`` finished; True when ``committable`` moved forward."""
         pending = self._pending
@@ -48,6 +64,26 @@ class PartitionOffsets:
         while pending and pending[0] in finished:
             last = pending.popleft()
             finished.discard(last)
+        self.committable = last + 1
+        return True
+
+    def done_many(self, offsets: list[int]) -> bool:
+        """``done`` for each of ``offsets`` (in the order they were added); True when
+        ``committable`` moved forward. A batch's run usually is the oldest pending offsets
+        themselves: each pops straight off the front."""
+        pending = self._pending
+        finished = self._done
+        last = -1
+        for offset in offsets:
+            if pending and pending[0] == offset:
+                last = pending.popleft()
+                while finished and pending and pending[0] in finished:
+                    last = pending.popleft()
+                    finished.discard(last)
+            else:
+                finished.add(offset)
+        if last < 0:
+            return False
         self.committable = last + 1
         return True
 

@@ -35,11 +35,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from itertools import groupby
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Message as KafkaRecord
 
-from mqkit.errors import ConfigurationError, MqkitError
+from mqkit.errors import AlreadySettledError, ConfigurationError, MqkitError
 from mqkit.message import Delivery, Message
 from mqkit_kafka.config import KafkaConfig
 from mqkit_kafka.errors import _AUTHZ, convert
@@ -54,9 +56,37 @@ _FETCH_BATCH = 5000  # records per consume call: one GIL hand-over for many reco
 Record = Any  # confluent_kafka.Message (not constructible from Python)
 # A seek command for the consumer thread: (done, offset, timestamp, offsets per partition).
 _Seek = tuple[asyncio.Future[None], int | None, float | None, dict[int, int] | None]
-# A fetched record waiting to be handed out: (record, its partition's offsets,
-# (topic, partition), offset).
-_Ready = tuple[Record, PartitionOffsets, TP, int]
+# Records of one partition handed out together: (records, the partition's offsets,
+# (topic, partition), the records' offsets).
+_Chunk = tuple[list[Record], PartitionOffsets, TP, list[int]]
+# Unbound record methods, for map() over a consume() batch.
+_topic_of: Callable[[Record], Any] = KafkaRecord.topic
+_partition_of: Callable[[Record], Any] = KafkaRecord.partition
+_offset_of: Callable[[Record], Any] = KafkaRecord.offset
+_value_of: Callable[[Record], Any] = KafkaRecord.value
+
+
+def _count(items: Iterable[Any]) -> int:
+    """How many ``items``, at C speed and without keeping them all alive at once."""
+    last = deque(enumerate(items, 1), maxlen=1)
+    return last[0][0] if last else 0
+
+
+class _Run:
+    """Fetched records of one partition, in offset order; those from ``pos`` on are not
+    handed out yet. One object per ``consume`` run, not per record: fewer allocations and
+    less for the garbage collector to walk while records wait in the buffer."""
+
+    __slots__ = ("offsets", "part", "pos", "records", "tp")
+
+    def __init__(
+        self, records: list[Record], part: PartitionOffsets, tp: TP, offsets: list[int]
+    ) -> None:
+        self.records = records
+        self.part = part
+        self.tp = tp
+        self.offsets = offsets
+        self.pos = 0
 
 
 class StartOffsets:
@@ -130,6 +160,80 @@ class KafkaDelivery(Delivery):
         await self._sub._redeliver(self, delay)
 
 
+class KafkaBatch:
+    """Records handed out together (``Subscription.take_batch``), for a batch handler.
+
+    The happy path builds no ``Message`` and no ``Delivery`` per record: ``bodies`` reads the
+    values straight off the records and ``ack`` settles every record at once. Anything else
+    (a body that does not decode, a handler that failed) turns the batch into one
+    ``KafkaDelivery`` per record with ``deliveries`` and settles those one by one. Either way
+    a record counts as finished only once acked, dead-lettered or its retry copy confirmed.
+    """
+
+    __slots__ = ("_chunks", "_count", "_decoded", "_sub", "settled")
+
+    def __init__(self, sub: Subscription, chunks: list[_Chunk], count: int) -> None:
+        self._sub = sub
+        self._chunks = chunks
+        self._count = count
+        self._decoded: list[tuple[Message, int]] | None = None
+        self.settled: str | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"<KafkaBatch of {self._count} from {self._sub.topic!r} {self.settled}>"
+
+    def extend(self, other: KafkaBatch) -> None:
+        """Take over the records of ``other`` (a later batch of the same subscription)."""
+        if other._sub is not self._sub or self.settled or other.settled:
+            raise ValueError("only unsettled batches of one subscription can be merged")
+        self._chunks.extend(other._chunks)
+        self._count += other._count
+        self._decoded = None
+        other._chunks, other._count, other.settled = [], 0, "merged"
+
+    def bodies(self) -> list[bytes]:
+        """The message bodies, in order (a tombstone's is b"", as in its ``Message``)."""
+        out: list[bytes] = []
+        for records, _, _, _ in self._chunks:
+            out.extend(map(_value_of, records))
+        return [value or b"" for value in out]
+
+    def messages(self) -> list[Message]:
+        """The messages, in order (decoded once per batch)."""
+        return [message for message, _ in self._decode()]
+
+    def deliveries(self) -> list[Delivery]:
+        """One ``KafkaDelivery`` per record, to settle each on its own; the batch itself can
+        no longer be acked."""
+        self._claim("split")
+        sub = self._sub
+        decoded = iter(self._decode())
+        out: list[Delivery] = []
+        for _, part, tp, offsets in self._chunks:
+            for offset in offsets:
+                message, attempt = next(decoded)
+                out.append(KafkaDelivery(message, attempt, sub, part, tp, offset))
+        return out
+
+    async def ack(self) -> None:
+        """Every record was handled: finish them all (one offset flush for the lot)."""
+        self._claim("acked")
+        self._sub._ack_chunks(self._chunks, self._count)
+
+    def _claim(self, how: str) -> None:
+        if self.settled is not None:
+            raise AlreadySettledError(f"{self!r}: cannot {how}")
+        self.settled = how
+
+    def _decode(self) -> list[tuple[Message, int]]:
+        if self._decoded is None:
+            self._decoded = self._sub._decode_chunks(self._chunks)
+        return self._decoded
+
+
 class Subscription:
     """An async iterator of ``KafkaDelivery`` for one member of ``group`` on ``topic``.
 
@@ -171,7 +275,7 @@ class Subscription:
         self._cooperative = "cooperative" in str(self._conf.get("partition.assignment.strategy"))
         self._start = start
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: deque[_Ready] = deque()
+        self._ready: deque[_Run] = deque()
         self._parts: dict[TP, PartitionOffsets] = {}
         self._held: dict[tuple[TP, int], asyncio.TimerHandle] = {}
         self._unsettled = 0
@@ -238,37 +342,73 @@ class Subscription:
     async def take(self, max_items: int, timeout: float) -> list[KafkaDelivery]:
         """Up to ``max_items`` deliveries: waits at most ``timeout`` seconds for the first,
         then returns what is ready (the batch path: one wake-up for many records)."""
+        chunks, _ = await self._take_chunks(max_items, timeout)
+        decoded = iter(self._decode_chunks(chunks))
+        out: list[KafkaDelivery] = []
+        for _, part, tp, offsets in chunks:
+            for offset in offsets:
+                message, attempt = next(decoded)
+                out.append(KafkaDelivery(message, attempt, self, part, tp, offset))
+        return out
+
+    async def take_batch(self, max_items: int, timeout: float) -> KafkaBatch:
+        """``take`` as one ``KafkaBatch``: no ``Message`` or ``Delivery`` per record unless
+        the batch asks for them (see ``KafkaBatch``). Empty when nothing came in time."""
+        chunks, count = await self._take_chunks(max_items, timeout)
+        return KafkaBatch(self, chunks, count)
+
+    async def _take_chunks(self, max_items: int, timeout: float) -> tuple[list[_Chunk], int]:
         if not self._started:
             await self.start()
-        out: list[KafkaDelivery] = []
+        out: list[_Chunk] = []
         deadline = time.monotonic() + timeout
         while True:
             if self._error is not None:
                 raise self._error
             if self._closed:
-                return out
-            self._take_ready(max_items, out)
-            if out:
-                return out
+                return out, 0
+            taken = self._take_ready(max_items, out)
+            if taken:
+                return out, taken
             left = deadline - time.monotonic()
             if left <= 0:
-                return out
+                return out, 0
             try:
                 async with asyncio.timeout(left):
                     await self._wait()
             except TimeoutError:
-                return out
+                return out, 0
+
+    def _decode_chunks(self, chunks: list[_Chunk]) -> list[tuple[Message, int]]:
+        retry_topic = self.retry_topic
+        out: list[tuple[Message, int]] = []
+        for records, _, (topic, partition), offsets in chunks:
+            retry_copy = topic == retry_topic
+            out.extend(
+                decode_record(record, topic, partition, offset, retry_copy=retry_copy)
+                for record, offset in zip(records, offsets, strict=True)
+            )
+        return out
 
     def _next_ready(self) -> KafkaDelivery | None:
         """``_take_ready`` for one delivery, without the list (the per-message path)."""
         ready = self._ready
         while ready and self._unsettled < self._prefetch:
-            record, part, tp, offset = ready.popleft()
+            run = ready[0]
+            part = run.part
+            pos = run.pos
+            if part.closed:  # revoked or reset meanwhile: its records are dropped
+                ready.popleft()
+                self._taken += len(run.records) - pos
+                continue
+            record, offset = run.records[pos], run.offsets[pos]
+            run.pos = pos = pos + 1
+            if pos == len(run.records):
+                ready.popleft()
             self._taken += 1
             if self._want_room:
                 self._drained()
-            if part.closed:
-                continue
+            tp = run.tp
             topic = tp[0]
             message, attempt = decode_record(
                 record, topic, tp[1], offset, retry_copy=topic == self.retry_topic
@@ -278,28 +418,37 @@ class Subscription:
             return KafkaDelivery(message, attempt, self, part, tp, offset)
         return None
 
-    def _take_ready(self, max_items: int, out: list[KafkaDelivery]) -> None:
-        """Move up to ``max_items`` ready records, as deliveries, to ``out`` (within
-        ``prefetch``)."""
+    def _take_ready(self, max_items: int, out: list[_Chunk]) -> int:
+        """Move up to ``max_items`` ready records to ``out`` as chunks (within ``prefetch``),
+        counted as handed out: each is settled later as a delivery or with its batch.
+        Returns how many."""
         ready = self._ready
         room = min(max_items, self._prefetch - self._unsettled)
-        retry_topic = self.retry_topic
         taken = 0
         while ready and taken < room:
-            record, part, tp, offset = ready.popleft()
-            self._taken += 1
-            if part.closed:
+            run = ready[0]
+            part, pos, records = run.part, run.pos, run.records
+            left = len(records) - pos
+            if part.closed:  # revoked or reset meanwhile: its records are dropped
+                ready.popleft()
+                self._taken += left
                 continue
-            topic = tp[0]
-            message, attempt = decode_record(
-                record, topic, tp[1], offset, retry_copy=topic == retry_topic
-            )
-            part.active += 1
-            out.append(KafkaDelivery(message, attempt, self, part, tp, offset))
-            taken += 1
+            n = min(left, room - taken)
+            if n == left:
+                ready.popleft()
+            if n == len(records):
+                out.append((records, part, run.tp, run.offsets))
+            else:
+                end = pos + n
+                out.append((records[pos:end], part, run.tp, run.offsets[pos:end]))
+                run.pos = end
+            part.active += n
+            taken += n
+        self._taken += taken
         self._unsettled += taken
         if self._want_room:
             self._drained()
+        return taken
 
     async def _wait(self) -> None:
         loop = self._loop
@@ -411,6 +560,16 @@ class Subscription:
         for delivery in others:
             await delivery.ack()
 
+    def _ack_chunks(self, chunks: list[_Chunk], count: int) -> None:
+        """Finish the handed-out records of a ``KafkaBatch``, a chunk at a time."""
+        dirty = self._dirty
+        for _, part, tp, offsets in chunks:
+            part.active -= len(offsets)
+            if not part.closed and part.done_many(offsets):
+                dirty.add(tp)
+        self._unsettled -= count
+        self._settlements_changed()
+
     def _acked(self, delivery: KafkaDelivery) -> None:
         """``_finish(delivery, done=True)`` for one ack, inlined: this runs per message."""
         part = delivery._part
@@ -494,54 +653,64 @@ class Subscription:
 
     # --- records and rebalances (posted by the thread, run on the loop) -------------------
     def _on_records(self, records: list[Record]) -> None:
-        now = time.time()
+        # consume() returns runs of one partition: each run is looked up and buffered as a
+        # whole, at C speed (map, groupby, zip) rather than one Python step per record.
         parts = self._parts
-        ready = self._ready
-        retry_topic = self.retry_topic
-        # consume() returns runs of one partition: look the partition up once per run.
-        tp: TP = ("", -1)
-        part: PartitionOffsets | None = None
-        for record in records:
-            topic, partition = record.topic(), record.partition()
-            if partition != tp[1] or topic != tp[0]:
-                tp = (topic, partition)
-                part = parts.get(tp)
+        offsets: list[int] = list(map(_offset_of, records))
+        start = 0
+        runs = groupby(zip(map(_topic_of, records), map(_partition_of, records), strict=True))
+        for tp, run in runs:
+            end = start + _count(run)
+            part = parts.get(tp)
             if part is None or part.closed:
-                self._taken += 1
-                continue
-            offset = record.offset()
-            part.add(offset)
-            if topic == retry_topic:
-                not_before = _not_before(record)
-                if not_before > now:
-                    self._hold((record, part, tp, offset), not_before)
-                    continue
-            ready.append((record, part, tp, offset))
+                self._taken += end - start
+            elif tp[0] == self.retry_topic:
+                self._on_retry_copies(records[start:end], part, tp, offsets[start:end])
+            else:
+                run_offsets = offsets[start:end]
+                part.add_run(run_offsets)
+                self._ready.append(_Run(records[start:end], part, tp, run_offsets))
+            start = end
         self._wake()
 
-    def _hold(self, item: _Ready, not_before: float) -> None:
+    def _on_retry_copies(
+        self, records: list[Record], part: PartitionOffsets, tp: TP, offsets: list[int]
+    ) -> None:
+        """Buffer a run of retry copies; hold those whose not-before time is still ahead."""
+        part.add_run(offsets)
+        now = time.time()
+        for record, offset in zip(records, offsets, strict=True):
+            not_before = _not_before(record)
+            run = _Run([record], part, tp, [offset])
+            if not_before > now:
+                self._hold(run, not_before)
+            else:
+                self._ready.append(run)
+
+    def _hold(self, run: _Run, not_before: float) -> None:
+        """Keep a retry copy (a run of one) out of the buffer until its not-before time."""
         loop = self._loop
         assert loop is not None
         self._taken += 1  # not in the buffer: does not count against max_buffered
-        item[1].held += 1
-        key = (item[2], item[3])
+        run.part.held += 1
+        key = (run.tp, run.offsets[0])
         delay = max(0.0, not_before - time.time())
-        self._held[key] = loop.call_later(delay, self._release, item, not_before)
+        self._held[key] = loop.call_later(delay, self._release, run, not_before)
 
-    def _release(self, item: _Ready, not_before: float) -> None:
-        part = item[1]
-        key = (item[2], item[3])
+    def _release(self, run: _Run, not_before: float) -> None:
+        part = run.part
+        key = (run.tp, run.offsets[0])
         self._held.pop(key, None)
         if part.closed or self._closed:
             return
         left = not_before - time.time()
         if left > 0:  # timers may fire a hair early: never redeliver before the time asked
             assert self._loop is not None
-            self._held[key] = self._loop.call_later(left, self._release, item, not_before)
+            self._held[key] = self._loop.call_later(left, self._release, run, not_before)
             return
         part.held -= 1
         self._taken -= 1  # back in the buffer
-        self._ready.append(item)
+        self._ready.append(run)
         self._wake()
 
     def _assigned_partitions(self, tps: list[TP]) -> None:
@@ -553,14 +722,7 @@ class Subscription:
     async def _revoked(self, tps: list[TP], *, commit: bool) -> list[tuple[str, int, int]]:
         gone = set(tps)
         parts = [p for tp in tps if (p := self._parts.get(tp)) is not None]
-        kept: deque[_Ready] = deque()
-        for item in self._ready:
-            if item[2] in gone:
-                self._taken += 1
-            else:
-                kept.append(item)
-        self._ready = kept
-        self._drained()
+        self._drop_buffered(gone)
         for key in [k for k in self._held if k[0] in gone]:
             self._held.pop(key).cancel()
         if commit and not self._closed:
@@ -608,12 +770,16 @@ class Subscription:
                 old.closed = True
                 self._parts[tp] = PartitionOffsets()
             self._dirty.discard(tp)
-        kept: deque[_Ready] = deque()
-        for item in self._ready:
-            if item[2] in reset:
-                self._taken += 1
+        self._drop_buffered(reset)
+
+    def _drop_buffered(self, tps: set[TP]) -> None:
+        """Forget the buffered records of ``tps`` (revoked, or moved by a seek)."""
+        kept: deque[_Run] = deque()
+        for run in self._ready:
+            if run.tp in tps:
+                self._taken += len(run.records) - run.pos
             else:
-                kept.append(item)
+                kept.append(run)
         self._ready = kept
         self._drained()
 
@@ -683,13 +849,9 @@ class Subscription:
                 self._store_offsets(consumer)
                 records = consumer.consume(_FETCH_BATCH, 0.1)
                 if records:
-                    good = []
-                    for record in records:
-                        err = record.error()
-                        if err is None:
-                            good.append(record)
-                        else:
-                            self._on_client_error(err)
+                    good = [record for record in records if record.error() is None]
+                    if len(good) != len(records):
+                        self._client_errors(records)
                     if good:
                         self._posted += len(good)
                         self._post(self._on_records, good)
@@ -859,6 +1021,12 @@ class Subscription:
             except queue.Empty:
                 return
             self._post(_reject, done, MqkitError(f"the subscription to {self.topic} closed"))
+
+    def _client_errors(self, records: list[Record]) -> None:
+        for record in records:
+            err = record.error()
+            if err is not None:
+                self._on_client_error(err)
 
     def _on_client_error(self, err: KafkaError) -> None:
         """librdkafka errors: fatal ones and authorization end the subscription; the rest

@@ -87,3 +87,26 @@ def test_retry_topic_is_per_group_and_a_legal_kafka_name() -> None:
     assert retry_topic("orders", "billing") == "orders.mqkit-retry.billing"
     assert retry_topic("orders", "a b/c") == "orders.mqkit-retry.a_b_c"
     assert len(retry_topic("t" * 240, "g" * 100)) <= 249
+
+
+def test_offset_runs_commit_only_the_finished_prefix() -> None:
+    # Given runs 10..14 and 20..21 fetched (a gap, as compaction or transactions leave)
+    part = PartitionOffsets()
+    part.add_run([10, 11, 12, 13, 14])
+    part.add_run([20, 21])
+    # When a later run finishes first, nothing can be committed yet
+    assert part.done_many([12, 13]) is False and part.committable is None
+    # Then finishing the head commits through everything finished behind it
+    assert part.done_many([10, 11]) is True and part.committable == 14
+    assert part.done_many([14, 20]) is True and part.committable == 21
+    assert part.unfinished == 1
+
+
+@pytest.mark.parametrize(("before", "run"), [
+    ([], [4, 3]), ([], [1, 2, 2, 5]), ([7], [7, 8]), ([7], [5, 9]),
+])
+def test_offset_runs_must_strictly_increase(before: list[int], run: list[int]) -> None:
+    part = PartitionOffsets()
+    part.add_run(before)
+    with pytest.raises(ValueError):
+        part.add_run(run)

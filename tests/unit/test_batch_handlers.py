@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from mqkit import Client, ConfigurationError, PermanentError
 from mqkit import headers as h
+from mqkit.batching import BatchConsumer
 from mqkit.memory import MemoryBroker
 from mqkit.message import Message, new_id
 from mqkit.middleware import RetryPolicy
@@ -100,3 +103,43 @@ async def test_batch_handler_must_take_a_list(client: Client) -> None:
 
     with pytest.raises(ConfigurationError, match="must take list"):
         client.subscribe("nums", batch_size=10)(handle)
+
+
+class _ClosedSource:
+    """A source whose takes come back empty at once, as a closed subscription's do."""
+
+    def __init__(self) -> None:
+        self.takes = 0
+        self.closed = False
+
+    def __aiter__(self) -> _ClosedSource:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise StopAsyncIteration
+
+    async def take(self, max_items: int, timeout: float) -> list[Any]:
+        self.takes += 1
+        return []
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_source_that_answers_empty_at_once_is_not_spun_on() -> None:
+    # Given a batch consumer on a source that returns nothing without waiting
+    source = _ClosedSource()
+
+    async def handle(items: list[bytes]) -> None: ...
+
+    consumer = BatchConsumer("t", "g", source, handle, bytes, batch_size=10,
+                             batch_timeout=0.05, retry=RetryPolicy())
+    consumer.start()
+    # When it runs for half a second, then the event loop stays free (this sleep returns)
+    # and the source is asked a handful of times, not in a tight loop
+    await asyncio.sleep(0.5)
+    assert 1 <= source.takes <= 20
+    # And stopping it is prompt and closes the source
+    async with asyncio.timeout(2):
+        await consumer.stop()
+    assert source.closed
