@@ -343,9 +343,11 @@ class Client:
         return tuple(self._sources)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until every started subscription is live: on Kafka, until its group gave it its
-        share of the partitions (none when members outnumber partitions); elsewhere a
-        subscription is live once started. ``TimeoutError`` after ``timeout`` seconds.
+        """Until every started subscription is live: on Kafka, until its group's assignment
+        reached it (a lone member then owns every partition; a member joining a busy group
+        may get its share in a second, cooperative step, and none when members outnumber
+        partitions); elsewhere a subscription is live once started. ``TimeoutError`` after
+        ``timeout`` seconds.
 
         For tests and warm-ups that must not publish before the consumers are in place."""
         async with asyncio.timeout(timeout):

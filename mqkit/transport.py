@@ -132,11 +132,14 @@ class Transport(Protocol):
     ``Client.start()`` returned reaches it even on brokers that route only to live
     subscribers (NATS core). Without it, attaching happens on the first ``__anext__``.
 
-    Two more optional powers of that iterator, used by the core when present:
+    More optional powers of that iterator, used by the core when present:
     ``concurrent_fetch = True`` says several tasks may await ``__anext__`` at once (the
-    consumer then skips its fetch lock, one event-loop turn per message saved); and
+    consumer then skips its fetch lock, one event-loop turn per message saved);
     ``async take(max_items, timeout) -> list[Delivery]`` hands out many deliveries per call
-    (batch handlers use it).
+    and ``async ack_many(deliveries)`` settles them in one go (batch handlers use both); and
+    ``async take_batch(max_items, timeout)`` returning a ``mqkit.batching.SourceBatch`` hands
+    out a batch as one object (bodies without a Message or Delivery per message, one ``ack``
+    for all, per-message deliveries only on failure); batch handlers prefer it to ``take``.
 
     A transport may set ``releases_unsettled_on_close = True`` when closing a subscription
     puts its unsettled deliveries straight back (Kafka: their offsets are not committed);
