@@ -63,11 +63,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 PNG = ROOT / "docs" / "benchmarks.png"
 PIPELINE = ROOT / "docs" / "benchmarks-pipeline.md"
+def _default_counts() -> str:
+    brokers = [factory() for factory in BROKERS.values()]
+    return ", ".join(f"{b.title} {b.count:,} x {b.rounds}" for b in brokers)
+
+
 NOTES = (
     "Counts and rounds differ per broker (`--count`, `--rounds` override them) so that the "
-    "default run takes about a quarter of an hour on a quiet 2-core machine: Kafka 5,000 "
-    "msgs x 2 rounds, RabbitMQ 2,000 x 3, NATS core 20,000 x 3, JetStream 10,000 x 3, SQS 200 "
-    "x 2, memory:// 10,000 x 3.",
+    "default run takes about a quarter of an hour on a quiet 2-core machine (messages x "
+    f"rounds): {_default_counts()}.",
     "",
     "- **Kafka peers**: FastStream on both of its Kafka drivers, aiokafka and "
     "confluent-kafka. Kombu is not measured on Kafka: Kombu does not support its Kafka "

@@ -155,7 +155,10 @@ class KafkaConfig:
             "isolation.level": "read_committed",
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 300,
-            "fetch.wait.max.ms": 100,
+            # A fetch the broker holds while none of its partitions has data: the retry topic
+            # is usually empty, so at start (and at a trickle) this is added latency. 100 ms
+            # cost ~90 ms before the first record; 25 ms is 40 fetches/s for an idle member.
+            "fetch.wait.max.ms": 25,
             "enable.partition.eof": False,
             "topic.metadata.refresh.interval.ms": 10000,
             "logger": LibrdkafkaLog(self.secrets),

@@ -53,6 +53,20 @@ log = logging.getLogger("mqkit.kafka.subscriber")
 
 TP = tuple[str, int]
 _FETCH_BATCH = 5000  # records per consume call: one GIL hand-over for many records
+_FETCH_WAIT = 0.1  # how long the thread waits for a first record before looking around
+
+
+def _fetch(consumer: Consumer) -> list[Record]:
+    """What is ready now, up to ``_FETCH_BATCH``; else the first record to arrive within
+    ``_FETCH_WAIT`` and whatever came with it. ``consume(n, t)`` alone would wait until ``n``
+    records or ``t`` seconds: at a trickle every record would sit out the whole wait."""
+    records: list[Record] = consumer.consume(_FETCH_BATCH, 0)
+    if records:
+        return records
+    records = consumer.consume(1, _FETCH_WAIT)
+    if records:
+        records.extend(consumer.consume(_FETCH_BATCH - 1, 0))
+    return records
 Record = Any  # confluent_kafka.Message (not constructible from Python)
 # A seek command for the consumer thread: (done, offset, timestamp, offsets per partition).
 _Seek = tuple[asyncio.Future[None], int | None, float | None, dict[int, int] | None]
@@ -847,7 +861,7 @@ class Subscription:
             while not self._stop.is_set():
                 self._run_commands(consumer)
                 self._store_offsets(consumer)
-                records = consumer.consume(_FETCH_BATCH, 0.1)
+                records = _fetch(consumer)
                 if records:
                     good = [record for record in records if record.error() is None]
                     if len(good) != len(records):
