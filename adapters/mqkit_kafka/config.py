@@ -159,6 +159,10 @@ class KafkaConfig:
             # is usually empty, so at start (and at a trickle) this is added latency. 100 ms
             # cost ~90 ms before the first record; 25 ms is 40 fetches/s for an idle member.
             "fetch.wait.max.ms": 25,
+            # When librdkafka's local queue is over its thresholds it stops fetching for this
+            # long (1 s by default): a handler slower than the broker then drains the queue
+            # and waits out the rest of the second (4 KiB records: 36k msgs/s instead of 90k).
+            "fetch.queue.backoff.ms": 10,
             "enable.partition.eof": False,
             "topic.metadata.refresh.interval.ms": 10000,
             "logger": LibrdkafkaLog(self.secrets),
