@@ -14,95 +14,12 @@ adds a TLS one that requires a client certificate signed by the CA (``verify_pee
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from tests.faults.instances import RabbitInstance, free_port, port_open
+from tests.tls_pki import Pki, make_pki
 
-CA_NAME = "mqkit amqps test CA"
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _issue(subject: str, key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey,
-           extensions: list[tuple[x509.ExtensionType, bool]]) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(CA_NAME))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    for extension, critical in extensions:
-        builder = builder.add_extension(extension, critical=critical)
-    return builder.sign(ca_key, hashes.SHA256())
-
-
-def _write(directory: Path, stem: str, cert: x509.Certificate,
-           key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
-    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
-    return cert_path, key_path
-
-
-def make_pki(directory: Path) -> Pki:
-    """A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    issuer_id = (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)
-    ca = _issue(CA_NAME, ca_key, ca_key, [
-        (x509.BasicConstraints(ca=True, path_length=None), True),
-        (x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False,
-        ), True),
-        (x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False),
-    ])
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = _issue("127.0.0.1", server_key, ca_key, [
-        (x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ]), False),
-        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-        issuer_id,
-    ])
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    client = _issue("mqkit amqps test client", client_key, ca_key, [
-        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
-        issuer_id,
-    ])
-    ca_path = directory / "ca.pem"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    server_cert, server_key_path = _write(directory, "server", server, server_key)
-    client_cert, client_key_path = _write(directory, "client", client, client_key)
-    return Pki(ca_path, server_cert, server_key_path, client_cert, client_key_path)
-
+__all__ = ["Pki", "TlsRabbitInstance", "make_pki", "start_tls_rabbitmq"]
 
 class TlsRabbitInstance(RabbitInstance):
     """RabbitMQ with its plain listener plus a TLS listener requiring client certificates."""
