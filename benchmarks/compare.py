@@ -77,7 +77,7 @@ NOTES = (
     "confluent-kafka. Kombu is not measured on Kafka: Kombu does not support its Kafka "
     "transport well (a thin virtual transport, no consumer groups of its own). The row "
     "\"confluent-kafka, mqkit's record\" is the raw client producing what mqkit produces (an "
-    "id header, the message's timestamp, a delivery report per message counted by a "
+    "id header, the message's timestamp, a delivery report per message handed to a "
     "callback): the floor under mqkit's publish, next to the plain raw column.",
     "- **SQS is moto**, not AWS: moto serves tens of messages per second, and its cost per "
     "message grows with the queue's depth (O(depth) per message: each receive scans the "

@@ -67,7 +67,7 @@ async def in_batches(
     await asyncio.gather(*(one(min(BATCH, count - start)) for start in range(0, count, BATCH)))
 
 
-class _Consuming:
+class Consuming:
     """Counts deliveries, sets ``done`` at ``count``. The clock was started when the
     subscription was ready; the first delivery starts it only if it won that race."""
 
@@ -205,7 +205,7 @@ class Bare:
                 await source.ack_many(batch)
 
     async def consume(self, topic: Topic, count: int, clock: Clock, feed: Feed) -> int:
-        state = _Consuming(count, clock)
+        state = Consuming(count, clock)
         task = asyncio.create_task(
             self._drain(topic, lambda d: state.seen(), state.done, clock.start)
         )
@@ -317,7 +317,7 @@ class FullStack:
         await client.wait_ready(60.0)
 
     async def consume(self, topic: Topic, count: int, clock: Clock, feed: Feed) -> int:
-        state = _Consuming(count, clock)
+        state = Consuming(count, clock)
         client = self._consumer()
         try:
             await self._subscribed(client, topic, state.seen, lambda body: None)

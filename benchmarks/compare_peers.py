@@ -33,7 +33,7 @@ from compare_core import (
     sync_latency,
     wait_for_event,
 )
-from compare_mqkit import SETTLE, warm
+from compare_mqkit import SETTLE, Consuming, warm
 from compare_raw import OnBody, _Counter
 from faststream import AckPolicy
 from faststream.confluent import KafkaBroker as ConfluentBroker
@@ -104,16 +104,11 @@ class _FastStream(Idle):
         self._loop.call_soon_threadsafe(self.assigned.set)
 
     async def consume(self, topic: Topic, count: int, clock: Clock, feed: Feed) -> int:
-        done, got = asyncio.Event(), 0
+        state = Consuming(count, clock)
+        done = state.done
 
         def seen(_body: bytes) -> None:
-            nonlocal got
-            if got == 0:
-                clock.start()
-            got += 1
-            if got >= count:
-                clock.stop()
-                done.set()
+            state.seen()
 
         broker = await self._started(topic, seen)
         clock.start()
@@ -124,7 +119,7 @@ class _FastStream(Idle):
             await wait_for_event(done, budget(count))
         finally:
             await broker.stop()
-        return got
+        return state.got
 
     async def latency(self, topic: Topic, count: int, size: int, rate: float) -> list[float]:
         ages: list[float] = []

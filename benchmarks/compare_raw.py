@@ -30,7 +30,7 @@ from compare_core import (
     sync_latency,
     wait_for_event,
 )
-from compare_mqkit import SETTLE, warm
+from compare_mqkit import SETTLE, Consuming, warm
 from nats.js import JetStreamContext
 
 from mqkit.message import new_id
@@ -172,7 +172,7 @@ class KafkaRaw:
 
 class KafkaRawRecord(KafkaRaw):
     """confluent-kafka producing the record mqkit produces: the ``x-mqkit-id`` header, the
-    timestamp, and a delivery report per message counted by a callback (what a publish of a
+    timestamp, and a delivery report per message handed to a callback (what a publish of a
     batch that returns when each message was acknowledged needs). The floor under mqkit's
     publish on this record, next to the plain raw column."""
 
@@ -180,15 +180,12 @@ class KafkaRawRecord(KafkaRaw):
     label = "confluent-kafka, mqkit's record"
     guarantee = (
         "As confluent-kafka, producing mqkit's record: x-mqkit-id header, CreateTime from the "
-        "message, and a per-message delivery callback counting the reports."
+        "message, and a per-message delivery callback."
     )
 
-    def __init__(self, bootstrap: str) -> None:
-        super().__init__(bootstrap)
-        self.reported = 0
-
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        self.reported += 1
+    @staticmethod
+    def _on_delivery(err: Any, msg: Any) -> None:
+        """A report per message reaches Python, as mqkit's do (flush() checks the count)."""
 
     def _produce(self, producer: ck.Producer, topic: str, body: bytes) -> None:  # type: ignore[override]
         headers = [("x-mqkit-id", new_id().encode())]
@@ -317,16 +314,11 @@ class NatsCoreRaw(Idle):
 
     async def consume(self, topic: Topic, count: int, clock: Clock, feed: Feed) -> int:
         nc = await self._connect()
-        done, got = asyncio.Event(), 0
+        state = Consuming(count, clock)
+        done = state.done
 
         def seen(_body: bytes) -> None:
-            nonlocal got
-            if got == 0:
-                clock.start()
-            got += 1
-            if got >= count:
-                clock.stop()
-                done.set()
+            state.seen()
 
         try:
             await self._subscribe(nc, topic, seen, count * 2)
@@ -336,7 +328,7 @@ class NatsCoreRaw(Idle):
             await wait_for_event(done, budget(count))
         finally:
             await nc.close()
-        return got
+        return state.got
 
     async def latency(self, topic: Topic, count: int, size: int, rate: float) -> list[float]:
         sub, pub = await self._connect(), await self._connect()
@@ -417,16 +409,11 @@ class JetStreamRaw(Idle):
             await nc.close()
 
     async def consume(self, topic: Topic, count: int, clock: Clock, feed: Feed) -> int:
-        done, got = asyncio.Event(), 0
+        state = Consuming(count, clock)
+        done = state.done
 
         def seen(_body: bytes) -> None:
-            nonlocal got
-            if got == 0:
-                clock.start()
-            got += 1
-            if got >= count:
-                clock.stop()
-                done.set()
+            state.seen()
 
         task = asyncio.create_task(self._pull(topic, seen, done, 1.0, clock.start))
         try:
@@ -434,7 +421,7 @@ class JetStreamRaw(Idle):
         finally:
             done.set()
             await task
-        return got
+        return state.got
 
     async def latency(self, topic: Topic, count: int, size: int, rate: float) -> list[float]:
         nc, js = await self._js()
