@@ -154,7 +154,18 @@ class _FastStream(Idle):
         await self._flush(broker)
 
 
-class FastStreamKafka(_FastStream):
+class _FastStreamOnKafka(_FastStream):
+    """What FastStream's two Kafka drivers share: the bootstrap address and publishing."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+    async def _send(self, broker: Any, topic: Topic, body: bytes) -> Any:
+        future = await broker.publish(body, topic.name, no_confirm=True)
+        return await future
+
+
+class FastStreamKafka(_FastStreamOnKafka):
     label = "FastStream (aiokafka)"
     assigns = True
     guarantee = (
@@ -163,16 +174,9 @@ class FastStreamKafka(_FastStream):
         "handler, per message: FastStream's at-least-once mode)."
     )
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-
     def _broker(self) -> Any:
         return KafkaBroker(self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
                            logger=None)
-
-    async def _send(self, broker: Any, topic: Topic, body: bytes) -> Any:
-        future = await broker.publish(body, topic.name, no_confirm=True)
-        return await future
 
     def _subscribe(self, broker: Any, topic: Topic, handler: Callable[..., Any]) -> None:
         broker.subscriber(topic.name, group_id=topic.group, auto_offset_reset="earliest",
@@ -194,7 +198,7 @@ class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
             self.on_assigned()
 
 
-class FastStreamConfluent(_FastStream):
+class FastStreamConfluent(_FastStreamOnKafka):
     key = "faststream-confluent"
     label = "FastStream (confluent-kafka)"
     guarantee = (
@@ -204,16 +208,9 @@ class FastStreamConfluent(_FastStream):
     )
     assigns = True
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-
     def _broker(self) -> Any:
         return ConfluentBroker(self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
                                logger=None)
-
-    async def _send(self, broker: Any, topic: Topic, body: bytes) -> Any:
-        future = await broker.publish(body, topic.name, no_confirm=True)
-        return await future
 
     def _subscribe(self, broker: Any, topic: Topic, handler: Callable[..., Any]) -> None:
         broker.subscriber(topic.name, group_id=topic.group, auto_offset_reset="earliest",
