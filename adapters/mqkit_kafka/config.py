@@ -155,6 +155,11 @@ class KafkaConfig:
             "isolation.level": "read_committed",
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 300,
+            # Also the rebalance timeout: how long a JoinGroup may wait for members to rejoin
+            # (after a broker freeze, the returning member's join waited out librdkafka's
+            # 300 s default). The consumer thread calls consume() at least every second and
+            # blocks only while a revocation waits (at most revoke_timeout + 5 s).
+            "max.poll.interval.ms": int((self.revoke_timeout + 35) * 1000),
             # A fetch the broker holds while none of its partitions has data: the retry topic
             # is usually empty, so at start (and at a trickle) this is added latency. 100 ms
             # cost ~90 ms before the first record; 25 ms is 40 fetches/s for an idle member.

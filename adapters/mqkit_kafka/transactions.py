@@ -91,7 +91,10 @@ class TransactionalProcessor:
             self._consumer = Consumer(
                 self.config.consumer_conf(
                     self.group, **{"enable.auto.commit": False,
-                                   "isolation.level": "read_committed"}
+                                   "isolation.level": "read_committed",
+                                   # transform() runs between two consume() calls here:
+                                   # librdkafka's default bound, not the subscriber's.
+                                   "max.poll.interval.ms": 300_000}
                 )
             )
             self._producer = Producer(

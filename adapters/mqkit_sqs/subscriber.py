@@ -11,10 +11,12 @@ A ``Subscription`` is the async iterator ``SqsTransport.subscribe`` returns. Beh
   the visibility of every held message is extended (``ChangeMessageVisibilityBatch``), so a
   handler that runs longer than the visibility timeout does not see its message redelivered
   meanwhile;
-- ``ack`` deletes, batched (``DeleteMessageBatch`` of up to 10 acks that arrive within
-  ``ACK_LINGER``); it returns once SQS confirmed the delete. An ack waits for others only
-  while another handed-out delivery is unsettled: when none is (a loop that acks each
-  delivery before taking the next), it is sent at once;
+- ``ack`` deletes, batched (``DeleteMessageBatch`` of up to 10); it returns once SQS
+  confirmed the delete. Acks that come while a delete is in flight are sent together when it
+  returns (group commit: handlers that finish at once then cost one call per ten acks, not
+  one each). Otherwise an ack waits up to ``ACK_LINGER`` for others only while another
+  handed-out delivery is unsettled: when none is (a loop that acks each delivery before
+  taking the next), it is sent at once;
 - ``take(max_items, timeout)`` hands out many deliveries per call and ``ack_many`` deletes
   them 10 per ``DeleteMessageBatch`` (batch handlers use both): receive 10, handle, delete
   10, as a plain boto3 consumer does;
@@ -132,6 +134,7 @@ class Subscription:
         self._tasks: list[asyncio.Task[None]] = []
         self._acks: list[tuple[str, asyncio.Future[None]]] = []
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._deleting = 0  # DeleteMessageBatch calls in flight
         self._visibility_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -328,8 +331,12 @@ class Subscription:
         self._forget(delivery)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._acks.append((delivery.receipt, future))
-        if len(self._acks) >= BATCH_SIZE or self._unsettled_out() <= 0:
-            self._flush_soon(0)  # a full batch, or no other ack could come to share it
+        if len(self._acks) >= BATCH_SIZE:
+            self._flush_soon(0)
+        elif self._deleting:
+            pass  # sent together with the acks that follow when the delete in flight returns
+        elif self._unsettled_out() <= 0:
+            self._flush_soon(0)  # no other ack could come to share it
         elif self._ack_timer is None:
             self._ack_timer = asyncio.get_running_loop().call_later(ACK_LINGER, self._flush_soon, 0)
         await future
@@ -373,9 +380,10 @@ class Subscription:
             self._ack_timer = None
         batch, self._acks = self._acks, []
         for start in range(0, len(batch), BATCH_SIZE):
+            self._deleting += 1
             task = asyncio.create_task(self._delete_batch(batch[start : start + BATCH_SIZE]))
             self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            task.add_done_callback(self._delete_done)
 
     async def flush(self) -> None:
         """Send the acks waiting for a batch and wait for them."""
@@ -383,6 +391,12 @@ class Subscription:
             self._flush_soon(0)
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    def _delete_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        self._deleting -= 1
+        if not self._deleting and self._acks:
+            self._flush_soon(0)  # the acks that came in while the delete was out
 
     async def _delete_batch(self, batch: list[tuple[str, asyncio.Future[None]]]) -> None:
         entries = [{"Id": str(i), "ReceiptHandle": r} for i, (r, _) in enumerate(batch)]

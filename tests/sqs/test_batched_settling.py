@@ -126,6 +126,35 @@ async def test_an_ack_nobody_could_share_is_sent_without_the_linger(
     assert [len(call["Entries"]) for call in deletes] == [1, 2]
 
 
+async def test_acks_made_while_a_delete_is_in_flight_share_the_next_call(
+    transport_factory: TransportFactory, topic: str
+) -> None:
+    # Given 6 messages and handlers that take, handle at once and ack one after another (as
+    # the Client's workers do when a handler never waits): each ack finds no other delivery
+    # handed out, so without the group commit each would be a call of its own
+    transport = await published(transport_factory, topic, 6)
+    deletes = record_calls(transport._conn.sqs, "delete_message_batch")
+    sub = transport.subscribe(topic, "g", prefetch=10)
+    assert isinstance(sub, Subscription)
+    async with asyncio.timeout(TIMEOUT):
+        # When the first is taken (the other five waiting to be handed out) and acked, its
+        # delete going out at once
+        deliveries = [await anext(sub)]
+        await wait_until(lambda: sub._ready.qsize() == 5, timeout=TIMEOUT)
+        acks = [asyncio.ensure_future(deliveries[0].ack())]
+        await asyncio.sleep(0)
+        # And the other five are each taken and acked while that delete is in flight
+        for _ in range(5):
+            deliveries.append(await anext(sub))
+            acks.append(asyncio.ensure_future(deliveries[-1].ack()))
+            await asyncio.sleep(0)
+        await asyncio.gather(*acks)
+    # Then two calls settled all six: the first alone, the five that waited together
+    assert [len(call["Entries"]) for call in deletes] == [1, 5]
+    assert all(d.settled == "acked" for d in deliveries)
+    await sub.aclose()
+
+
 async def test_the_poller_refills_by_whole_batches(
     transport_factory: TransportFactory, topic: str, sqs_url: str
 ) -> None:
