@@ -52,7 +52,11 @@ from mqkit_kafka.publisher import Publisher
 log = logging.getLogger("mqkit.kafka.subscriber")
 
 TP = tuple[str, int]
-_FETCH_BATCH = 5000  # records per consume call: one GIL hand-over for many records
+# Records per consume call: one GIL hand-over for many records, yet few enough that records
+# die young. Every record is a garbage-collected object; thousands waiting in the buffer
+# survive into the oldest generation and trigger full collections, which in a process with a
+# large heap cost tens of milliseconds each (librdkafka keeps its own prefetch outside Python).
+_FETCH_BATCH = 1000
 _FETCH_WAIT = 0.1  # how long the thread waits for a first record before looking around
 
 
