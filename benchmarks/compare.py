@@ -11,7 +11,9 @@ same order every round (a b c d, a b c d, ...), and each figure is the median ov
   last ack, the same event for every column: on Kafka, once the group assigned the
   partitions (confluent-kafka's ``on_assign``, mqkit's ``wait_assigned()``, also for the
   Client's subscription, FastStream's rebalance callbacks), so the group join is not timed
-  but each client's prefetch of the backlog is; on RabbitMQ, JetStream and SQS once the
+  but each client's prefetch of the backlog is; the group's offsets are committed at the
+  start of the backlog before (a restarted service), so no column waits out librdkafka's
+  fixed ~100 ms offset reset of a new group; on RabbitMQ, JetStream and SQS once the
   subscribe call returned (consume-ok, the pull consumer bound; SQS has none: the first
   receive); on NATS core, which keeps nothing, from the moment a shared feeder starts
   sending ``count`` messages to the subscribed contender;
@@ -78,7 +80,11 @@ NOTES = (
     "transport well (a thin virtual transport, no consumer groups of its own). The row "
     "\"confluent-kafka, mqkit's record\" is the raw client producing what mqkit produces (an "
     "id header, the message's timestamp, a delivery report per message handed to a "
-    "callback): the floor under mqkit's publish, next to the plain raw column.",
+    "callback): the floor under mqkit's publish, next to the plain raw column. Each Kafka "
+    "consume phase starts from committed offsets at the start of the backlog: a new group "
+    "first waits out librdkafka's fixed ~100 ms offset-reset backoff, which at 50,000 "
+    "messages was most of the raw consumer's time and made the consume ratios compare "
+    "start-ups.",
     "- **SQS is moto**, not AWS: moto serves tens of messages per second, and its cost per "
     "message grows with the queue's depth (O(depth) per message: each receive scans the "
     "queue, each delete rebuilds its list), so 200 messages per phase and a latency rate "
