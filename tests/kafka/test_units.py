@@ -110,3 +110,18 @@ def test_offset_runs_must_strictly_increase(before: list[int], run: list[int]) -
     part.add_run(before)
     with pytest.raises(ValueError):
         part.add_run(run)
+
+
+def test_the_rebalance_timeout_follows_revoke_timeout() -> None:
+    # max.poll.interval.ms is also how long a JoinGroup may wait for members to rejoin:
+    # librdkafka's 300 s would let a returning member wait minutes after a broker freeze.
+    default = KafkaConfig.from_url(BrokerURL.parse("kafka://h:9092")).consumer_conf("g")
+    assert default["max.poll.interval.ms"] == 45_000
+    assert default["max.poll.interval.ms"] >= default["session.timeout.ms"]
+    slow = KafkaConfig.from_url(BrokerURL.parse("kafka://h:9092?revoke_timeout=60"))
+    # A revocation may block the consumer thread revoke_timeout + 5 s: the bound stays above.
+    assert slow.consumer_conf("g")["max.poll.interval.ms"] == 95_000
+    overridden = KafkaConfig.from_url(
+        BrokerURL.parse("kafka://h:9092?consumer.max.poll.interval.ms=120000")
+    )
+    assert overridden.consumer_conf("g")["max.poll.interval.ms"] == "120000"
