@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeGuard
 
 import nats
 import nats.errors
@@ -66,6 +67,8 @@ class _Base:
         self._subscriptions: set[Any] = set()
         self._last_error: BaseException | None = None
         self._connect_lock = asyncio.Lock()
+        self._connecting: asyncio.Future[None] | None = None
+        self._tls_refusal: ssl.SSLError | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.config.url.safe()}>"
@@ -83,23 +86,33 @@ class _Base:
                 return
             config = self.config
             nc = client_class(config.tls)()
+            self._last_error = self._tls_refusal = None
+            self._connecting = connecting = asyncio.ensure_future(
+                nc.connect(
+                    **config.connect_kwargs(),
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+            )
             try:
                 async with asyncio.timeout(config.connect_timeout):
-                    await nc.connect(
-                        **config.connect_kwargs(),
-                        error_cb=self._on_error,
-                        disconnected_cb=self._on_disconnected,
-                        reconnected_cb=self._on_reconnected,
-                    )
+                    await connecting
             except BaseException as exc:
+                connecting.cancel()
                 with contextlib.suppress(Exception):
                     await nc.close()
+                refusal = self._tls_refusal
+                if refusal is not None:  # certificates do not fix themselves: no retry
+                    raise self._connect_error(refusal, refusal) from refusal
                 if isinstance(exc, asyncio.CancelledError) and not isinstance(
                     exc.__context__, TimeoutError
                 ):
                     raise
                 cause = self._last_error or exc
                 raise self._connect_error(cause, exc) from cause
+            finally:
+                self._connecting = None
             if config.tls and not encrypted(nc):
                 await nc.close()
                 raise ConnectionFailed(
@@ -137,7 +150,11 @@ class _Base:
         return self._publisher is not None and self._publisher.wire is not None
 
     async def _on_error(self, exc: Exception) -> None:
-        self._last_error = exc
+        if not isinstance(self._last_error, ssl.SSLError) or isinstance(exc, ssl.SSLError):
+            self._last_error = exc  # a TLS error says more than the broken pipe after it
+        if self._connecting is not None and _tls_refusal(exc):
+            self._tls_refusal = exc
+            self._connecting.cancel()
         log.warning(
             "NATS %s: %s: %s",
             self.config.url.safe(),
@@ -204,6 +221,15 @@ class _Base:
 
     def _forget(self, subscription: Any) -> None:
         self._subscriptions.discard(subscription)
+
+
+def _tls_refusal(exc: BaseException) -> TypeGuard[ssl.SSLError]:
+    """A TLS handshake the peer or this side refused (a certificate not trusted, missing or
+    for another host; no shared protocol): retrying cannot help. End-of-stream and system
+    call errors may be a server restarting, so they are retried like any other."""
+    transient = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError,
+                 ssl.SSLWantReadError, ssl.SSLWantWriteError)
+    return isinstance(exc, ssl.SSLError) and not isinstance(exc, transient)
 
 
 class NatsTransport(_Base):
