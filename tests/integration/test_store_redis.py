@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from mqkit.errors import ConfigurationError, ConnectionFailed
+from mqkit.errors import ConfigurationError, ConnectionFailed, MqkitError
 from mqkit.stores.base import Claim, IdempotencyStore, TransactionalIdempotencyStore
 from mqkit.stores.factory import open_idempotency_store
 from mqkit.stores.redis import RedisIdempotencyStore
@@ -166,3 +166,69 @@ async def test_close_twice_is_fine(redis_url: str, prefix: str) -> None:
     await opened.close()
     # Then the second close did nothing and raised nothing
     assert opened._closed
+
+
+async def test_concurrent_commands_share_round_trips(
+    store: RedisIdempotencyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a store whose round trips are counted: pipelines and single commands
+    round_trips = 0
+    make_pipeline, execute = store._client.pipeline, store._client.execute_command
+
+    def counted_pipeline(*args: object, **kwargs: object) -> object:
+        nonlocal round_trips
+        round_trips += 1
+        return make_pipeline(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def counted_command(*args: object, **kwargs: object) -> object:
+        nonlocal round_trips
+        round_trips += 1
+        return await execute(*args, **kwargs)
+
+    monkeypatch.setattr(store._client, "pipeline", counted_pipeline)
+    monkeypatch.setattr(store._client, "execute_command", counted_command)
+    # When 50 workers claim and complete keys of their own at once
+    async def work(n: int) -> tuple[Claim, Claim]:
+        first = await store.claim(f"k{n}", lease=30)
+        await store.complete(f"k{n}", ttl=60)
+        return first, await store.claim(f"k{n}", lease=30)
+
+    results = await asyncio.gather(*(work(n) for n in range(50)))
+    # Then every worker got its own answers, and 150 commands took a handful of round trips
+    assert results == [(Claim.NEW, Claim.DONE)] * 50
+    assert round_trips <= 6
+
+
+async def test_a_failing_command_fails_only_its_caller(
+    store: RedisIdempotencyStore, redis_url: str, prefix: str
+) -> None:
+    # Given a key that holds a list, which the claim script cannot read as a string
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.rpush(f"{prefix}not-a-key", "x")
+    finally:
+        await client.aclose()
+    # When it is claimed together with good keys, in one pipeline
+    results = await asyncio.gather(
+        store.claim("a", lease=30), store.claim("not-a-key", lease=30),
+        store.claim("b", lease=30), return_exceptions=True,
+    )
+    # Then only that claim failed, as an MqkitError naming Redis's complaint
+    assert results[0] == Claim.NEW and results[2] == Claim.NEW
+    assert isinstance(results[1], MqkitError) and "WRONGTYPE" in str(results[1])
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(
+    store: RedisIdempotencyStore, redis_url: str
+) -> None:
+    # Given a store that ran its scripts, then a Redis that forgot them
+    assert await store.claim("before", lease=30) == Claim.NEW
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.script_flush()
+    finally:
+        await client.aclose()
+    # When it claims and releases again / Then the scripts are loaded and run
+    assert await store.claim("after", lease=30) == Claim.NEW
+    await store.release("after")
+    assert await store.claim("after", lease=30) == Claim.NEW
