@@ -6,7 +6,7 @@ URL: ``kafka://[user:password@]host:port[,host:port][?options]``, for example
 Options with a dot are librdkafka settings (prefix ``producer.`` or ``consumer.`` for one
 side); mqkit's own: ``partitions`` (4), ``replication_factor`` (broker default),
 ``connect_timeout`` (5 s), ``publish_timeout`` (60 s), ``revoke_timeout`` (10 s),
-``max_message_bytes``, ``max_buffered`` (1000), ``client_id``. Passwords and secret options
+``max_message_bytes``, ``max_buffered`` (2000), ``client_id``. Passwords and secret options
 never appear in reprs, logs or errors.
 
 Features:

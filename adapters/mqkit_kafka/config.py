@@ -52,7 +52,7 @@ class KafkaConfig:
     revoke_timeout: float = 10.0
     """Seconds a rebalance waits for in-flight handlers of revoked partitions to settle."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_buffered: int = 1000
+    max_buffered: int = 2000
     """Fetched records buffered per subscription before its partitions are paused (few:
     see ``subscriber._FETCH_BATCH``)."""
     client_id: str = "mqkit"
