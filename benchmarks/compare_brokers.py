@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,6 +141,11 @@ class Kafka(Broker):
     def bootstrap(self) -> str:
         return urlsplit(self.url).netloc
 
+    @functools.cached_property
+    def raw_admin(self) -> ck_admin.AdminClient:
+        """One raw admin client for the run (offsets before each phase, topics after)."""
+        return ck_admin.AdminClient({"bootstrap.servers": self.bootstrap})
+
     def raw(self) -> Contender:
         return KafkaRaw(self.bootstrap)
 
@@ -155,17 +161,15 @@ class Kafka(Broker):
         the raw client's consume time: the ratio would then compare start-ups, not
         per-message costs."""
         topic = await super().prepare(name)
-        admin = ck_admin.AdminClient({"bootstrap.servers": self.bootstrap})
         start = ConsumerGroupTopicPartitions(
             topic.group, [TopicPartition(topic.name, p, 0) for p in range(4)]
         )
-        for future in admin.alter_consumer_group_offsets([start]).values():
+        for future in self.raw_admin.alter_consumer_group_offsets([start]).values():
             await asyncio.to_thread(future.result, 10)
         return topic
 
     async def drop(self, topic: Topic) -> None:
-        admin = ck_admin.AdminClient({"bootstrap.servers": self.bootstrap})
-        for future in admin.delete_topics([topic.name, f"{topic.name}.dlq"]).values():
+        for future in self.raw_admin.delete_topics([topic.name, f"{topic.name}.dlq"]).values():
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(future.result, 10)
 

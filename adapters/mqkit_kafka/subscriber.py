@@ -59,6 +59,18 @@ TP = tuple[str, int]
 _FETCH_BATCH = 1000
 _FETCH_WAIT = 0.1  # how long the thread waits for a first record before looking around
 
+Record = Any  # confluent_kafka.Message (not constructible from Python)
+# A seek command for the consumer thread: (done, offset, timestamp, offsets per partition).
+_Seek = tuple[asyncio.Future[None], int | None, float | None, dict[int, int] | None]
+# Records of one partition handed out together: (records, the partition's offsets,
+# (topic, partition), the records' offsets).
+_Chunk = tuple[list[Record], PartitionOffsets, TP, list[int]]
+# Unbound record methods, for map() over a consume() batch.
+_topic_of: Callable[[Record], Any] = KafkaRecord.topic
+_partition_of: Callable[[Record], Any] = KafkaRecord.partition
+_offset_of: Callable[[Record], Any] = KafkaRecord.offset
+_value_of: Callable[[Record], Any] = KafkaRecord.value
+
 
 def _fetch(consumer: Consumer) -> list[Record]:
     """What is ready now, up to ``_FETCH_BATCH``; else the first record to arrive within
@@ -71,17 +83,6 @@ def _fetch(consumer: Consumer) -> list[Record]:
     if records:
         records.extend(consumer.consume(_FETCH_BATCH - 1, 0))
     return records
-Record = Any  # confluent_kafka.Message (not constructible from Python)
-# A seek command for the consumer thread: (done, offset, timestamp, offsets per partition).
-_Seek = tuple[asyncio.Future[None], int | None, float | None, dict[int, int] | None]
-# Records of one partition handed out together: (records, the partition's offsets,
-# (topic, partition), the records' offsets).
-_Chunk = tuple[list[Record], PartitionOffsets, TP, list[int]]
-# Unbound record methods, for map() over a consume() batch.
-_topic_of: Callable[[Record], Any] = KafkaRecord.topic
-_partition_of: Callable[[Record], Any] = KafkaRecord.partition
-_offset_of: Callable[[Record], Any] = KafkaRecord.offset
-_value_of: Callable[[Record], Any] = KafkaRecord.value
 
 
 def _count(items: Iterable[Any]) -> int:

@@ -134,9 +134,8 @@ class Subscription:
         self._tasks: list[asyncio.Task[None]] = []
         self._acks: list[tuple[str, asyncio.Future[None]]] = []
         self._ack_timer: asyncio.TimerHandle | None = None
-        self._deleting = 0  # DeleteMessageBatch calls in flight
         self._visibility_lock = asyncio.Lock()
-        self._background: set[asyncio.Task[None]] = set()
+        self._deleting: set[asyncio.Task[None]] = set()  # DeleteMessageBatch calls in flight
 
     def __aiter__(self) -> Subscription:
         return self
@@ -380,21 +379,19 @@ class Subscription:
             self._ack_timer = None
         batch, self._acks = self._acks, []
         for start in range(0, len(batch), BATCH_SIZE):
-            self._deleting += 1
             task = asyncio.create_task(self._delete_batch(batch[start : start + BATCH_SIZE]))
-            self._background.add(task)
+            self._deleting.add(task)
             task.add_done_callback(self._delete_done)
 
     async def flush(self) -> None:
         """Send the acks waiting for a batch and wait for them."""
         if self._acks:
             self._flush_soon(0)
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        while self._deleting:
+            await asyncio.gather(*list(self._deleting), return_exceptions=True)
 
     def _delete_done(self, task: asyncio.Task[None]) -> None:
-        self._background.discard(task)
-        self._deleting -= 1
+        self._deleting.discard(task)
         if not self._deleting and self._acks:
             self._flush_soon(0)  # the acks that came in while the delete was out
 
