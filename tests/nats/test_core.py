@@ -15,6 +15,7 @@ from mqkit.errors import ConfigurationError, ConnectionFailed, RequestTimeout
 from mqkit.message import Delivery, Message
 from mqkit.testing import wait_until
 from mqkit_nats import NatsTransport
+from mqkit_nats.subscriber import flush_after_pending
 from tests.nats.conftest import Factory
 
 
@@ -46,7 +47,7 @@ async def test_request_with_a_silent_responder_times_out(core: Factory, topic: s
             pass  # never answers
 
         await raw.subscribe(topic, cb=ignore)
-        await raw.flush()
+        await flush_after_pending(raw)  # raw.flush() can overtake the SUB
         with pytest.raises(RequestTimeout, match=r"within 0\.3s"):
             await transport.request(Message(topic=topic, body=b"?"), timeout=0.3)
     finally:
@@ -83,7 +84,7 @@ async def test_mqkit_request_is_answered_by_a_raw_nats_responder(
             await msg.respond(msg.data[::-1])
 
         await raw.subscribe(topic, cb=respond)
-        await raw.flush()
+        await flush_after_pending(raw)  # raw.flush() can overtake the SUB
         reply = await transport.request(Message(topic=topic, body=b"abc"), timeout=5)
     finally:
         await raw.close()
@@ -96,7 +97,7 @@ async def test_raw_publisher_to_mqkit_subscriber_and_back(core: Factory, topic: 
     try:
         # mqkit -> raw: body and headers are readable without mqkit
         raw_sub = await raw.subscribe(topic + ".out")
-        await raw.flush()
+        await flush_after_pending(raw)  # raw.flush() can overtake the SUB
         sent = Message(topic=topic + ".out", body=b"to raw", key="k1", headers={"x-a": "b"})
         await transport.publish([sent])
         got = await raw_sub.next_msg(timeout=5)

@@ -24,7 +24,7 @@ from mqkit.message import Message
 from mqkit.transport import TopicSpec
 from mqkit_nats.headers import encode_headers, header_block, msg_id_for
 from mqkit_nats.publisher import _frames
-from mqkit_nats.subscriber import _ack_metadata
+from mqkit_nats.subscriber import _ack_metadata, flush_after_pending
 from mqkit_nats.wire import CHUNK_BYTES, FastWire, hpub
 from tests.nats.conftest import Factory
 
@@ -153,7 +153,7 @@ async def test_core_publish_is_read_by_raw_nats_py(core: Factory, topic: str, fa
     raw = await nats.connect(transport.config.servers)
     try:
         sub = await raw.subscribe(topic)
-        await raw.flush()
+        await flush_after_pending(raw)  # raw.flush() can overtake the SUB
         # When a batch is published
         sent = [Message(topic=topic, body=f"m{i}".encode(), key=f"k{i}") for i in range(50)]
         sent.append(Message(topic=topic, body=b"u", headers={"x-uni": "Zoë 🚀"}))
@@ -203,7 +203,7 @@ async def test_a_bad_header_name_is_refused_before_anything_is_sent(
     raw = await nats.connect(transport.config.servers)
     try:
         sub = await raw.subscribe(topic)
-        await raw.flush()
+        await flush_after_pending(raw)  # raw.flush() can overtake the SUB
         batch = [
             Message(topic=topic, body=b"ok"),
             Message(topic=topic, body=b"", headers={"a(b)": "1"}),
@@ -262,7 +262,7 @@ async def test_missing_pubacks_time_out_and_are_forgotten(
     raw = await nats.connect(transport.config.servers)
     try:
         await raw.subscribe(topic)
-        await raw.flush()
+        await flush_after_pending(raw)  # raw.flush() can overtake the SUB
         # When a batch is published there
         with pytest.raises(PublishError, match="3 of 3 PubAck"):
             await transport.publish([Message(topic=topic, body=b"x") for _ in range(3)])
