@@ -284,8 +284,9 @@ class NatsCoreRaw(Idle):
     key = "raw"
     label = "nats-py"
     guarantee = (
-        "At most once (NATS core keeps nothing): publish then flush() (a PING round trip) so "
-        "the server has every message; a queue-group subscriber with a callback."
+        "At most once (NATS core keeps nothing): publish, wait until nats-py wrote its buffer, "
+        "then flush() (a PING round trip) so the server has every message; a queue-group "
+        "subscriber with a callback."
     )
 
     def __init__(self, server: str) -> None:
@@ -300,6 +301,10 @@ class NatsCoreRaw(Idle):
             clock.start()
             for _ in range(count):
                 await nc.publish(topic.name, body)
+            # flush() writes its PING ahead of the pending buffer: let the buffer go out
+            # first, so the PONG follows every message (as mqkit's publish does).
+            while nc.pending_data_size:  # noqa: ASYNC110
+                await asyncio.sleep(0)
             await nc.flush()
             clock.stop()
         finally:
