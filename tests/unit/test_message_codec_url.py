@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from mqkit.codec import (
     message_from_cloudevent,
 )
 from mqkit.errors import ConfigurationError, DecodeError
-from mqkit.message import Message, dead_letter_message, dlq_topic
+from mqkit.message import Message, dead_letter_message, dlq_topic, new_id
 from mqkit.url import BrokerURL, redact_options, redact_url
 
 
@@ -33,6 +35,35 @@ def test_message_is_immutable_and_gets_a_unique_id() -> None:
     assert a.id != b.id
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.topic = "other"  # type: ignore[misc]
+
+
+def test_ids_stay_unique_across_threads_and_pool_refills() -> None:
+    # Eight threads take ids at once through many refills of the shared pool.
+    def take(_: int) -> list[str]:
+        return [new_id() for _ in range(5_000)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = [i for chunk in pool.map(take, range(8)) for i in chunk]
+    assert len(set(ids)) == len(ids) == 40_000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids[:100])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    new_id()  # the parent's pool now holds ids a child could inherit
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next ids, then leave at once
+        os.write(write, "".join(new_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    child = {text[i : i + 32] for i in range(0, len(text), 32)}
+    parent = {new_id() for _ in range(300)}
+    assert len(child) == 10
+    assert not child & parent
 
 
 def test_conventional_headers_are_readable_as_properties() -> None:
