@@ -133,7 +133,9 @@ class KafkaConfig:
             "partitioner": "murmur2_random",
             "linger.ms": 5,
             "batch.num.messages": 10000,
-            "sticky.partitioning.linger.ms": 0,
+            # Keyless messages keep librdkafka's sticky partitioning (as the Java client since
+            # KIP-480): one partition per linger window makes fuller produce requests; spraying
+            # each message to a random partition cost ~15 % of publish throughput.
             "message.max.bytes": max(1_000_000, self.max_message_bytes + 64 * 1024),
             "message.timeout.ms": int(self.publish_timeout * 1000),
             # An unknown topic fails within seconds rather than waiting 30s for it to appear.

@@ -57,9 +57,12 @@ class _Batch:
         return on_delivery
 
     def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        # Runs once per message: ``unsent(1)`` inlined.
         if err is not None and self.error is None:
             self.error = err
-        self.unsent(1)
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(None)
 
     def unsent(self, count: int) -> None:
         """``count`` fewer reports to wait for (delivered, or never handed to librdkafka)."""
