@@ -11,6 +11,7 @@ Pure and single-threaded (the event loop's thread owns it).
 from __future__ import annotations
 
 from collections import deque
+from itertools import repeat
 
 
 class PartitionOffsets:
@@ -73,6 +74,18 @@ class PartitionOffsets:
         themselves: each pops straight off the front."""
         pending = self._pending
         finished = self._done
+        count = len(offsets)
+        if (
+            not finished and count and len(pending) >= count
+            and pending[0] == offsets[0] and pending[count - 1] == offsets[-1]
+        ):
+            # The usual batch: the oldest pending offsets themselves, nothing finished out of
+            # order. ``offsets`` are distinct pending offsets, so the ends matching the first
+            # ``count`` pending ones means they are exactly those.
+            for _ in repeat(None, count):
+                pending.popleft()
+            self.committable = offsets[-1] + 1
+            return True
         last = -1
         for offset in offsets:
             if pending and pending[0] == offset:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mqkit.errors import ConfigurationError
 from mqkit.url import BrokerURL
@@ -100,6 +104,44 @@ def test_offset_runs_commit_only_the_finished_prefix() -> None:
     assert part.done_many([10, 11]) is True and part.committable == 14
     assert part.done_many([14, 20]) is True and part.committable == 21
     assert part.unfinished == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_offsets_settled_in_any_chunks_commit_exactly_the_finished_prefix(
+    data: st.DataObject,
+) -> None:
+    # Given strictly increasing offsets with gaps, fetched in runs
+    gaps = data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=40))
+    fetched = [sum(gaps[: i + 1]) for i in range(len(gaps))]
+    cuts = data.draw(st.sets(st.integers(1, max(1, len(fetched) - 1)))) - {len(fetched)}
+    chunks = [fetched[a:b] for a, b in pairwise([0, *sorted(cuts), len(fetched)])]
+    part = PartitionOffsets()
+    for chunk in chunks:
+        part.add_run(chunk)
+    # When they are settled in slices of any size, in any order (one by one or together)
+    pieces: list[list[int]] = []
+    for chunk in chunks:
+        at = 0
+        while at < len(chunk):
+            size = data.draw(st.integers(1, len(chunk) - at))
+            pieces.append(chunk[at : at + size])
+            at += size
+    order = data.draw(st.permutations(pieces))
+    finished: set[int] = set()
+    for piece in order:
+        if len(piece) == 1 and data.draw(st.booleans()):
+            part.done(piece[0])
+        else:
+            part.done_many(piece)
+        finished.update(piece)
+        # Then the commit point is one past the longest finished prefix, never further
+        prefix = 0
+        while prefix < len(fetched) and fetched[prefix] in finished:
+            prefix += 1
+        expected = fetched[prefix - 1] + 1 if prefix else None
+        assert part.committable == expected
+        assert part.unfinished == len(fetched) - len(finished)
 
 
 @pytest.mark.parametrize(("before", "run"), [
