@@ -72,7 +72,7 @@ def _default_counts() -> str:
 
 NOTES = (
     "Counts and rounds differ per broker (`--count`, `--rounds` override them) so that the "
-    "default run takes about a quarter of an hour on a quiet 2-core machine (messages x "
+    "default run takes 15-20 minutes on a quiet 2-core machine (messages x "
     f"rounds): {_default_counts()}.",
     "",
     "- **Kafka peers**: FastStream on both of its Kafka drivers, aiokafka and "
