@@ -108,7 +108,10 @@ def decode_record(
     message_id: str | None = None
     attempt = 1
     raw = record.headers()
-    if raw:
+    if raw and len(raw) == 1 and raw[0][0] == ID:  # what mqkit's own publish sends
+        id_bytes = raw[0][1]
+        message_id = id_bytes.decode("utf-8", "replace") if id_bytes else None
+    elif raw:
         for name, value in raw:
             headers[name] = value.decode("utf-8", "replace") if value else ""
         message_id = headers.pop(ID, None)
