@@ -12,6 +12,7 @@ from mqkit.errors import ConfigurationError
 from mqkit.url import BrokerURL
 from mqkit_kafka import KafkaTransport, java_partition, murmur2, retry_topic
 from mqkit_kafka.config import KafkaConfig
+from mqkit_kafka.headers import ID, decode_record
 from mqkit_kafka.offsets import PartitionOffsets
 
 # Values from Kafka's own UtilsTest.testMurmur2 (the Java client).
@@ -167,3 +168,39 @@ def test_the_rebalance_timeout_follows_revoke_timeout() -> None:
         BrokerURL.parse("kafka://h:9092?consumer.max.poll.interval.ms=120000")
     )
     assert overridden.consumer_conf("g")["max.poll.interval.ms"] == "120000"
+
+
+class _Record:
+    """What decode_record reads of a confluent_kafka.Message (not constructible in Python)."""
+
+    def __init__(self, headers: list[tuple[str, bytes]] | None) -> None:
+        self._headers = headers
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
+
+    def value(self) -> bytes:
+        return b"body"
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000)
+
+
+@pytest.mark.parametrize(("headers", "message_id", "others"), [
+    ([(ID, b"abc")], "abc", {}),  # what mqkit publishes: the id alone
+    ([(ID, b"")], "t:3:7", {}),  # an empty id falls back to the record's position
+    ([("a", b"1"), (ID, b"x")], "x", {"a": "1"}),
+    ([("a", b"1")], "t:3:7", {"a": "1"}),
+    (None, "t:3:7", {}),
+])
+def test_a_record_decodes_its_id_and_headers(
+    headers: list[tuple[str, bytes]] | None, message_id: str, others: dict[str, str]
+) -> None:
+    message, attempt = decode_record(_Record(headers), "t", 3, 7, retry_copy=False)
+    assert (message.id, dict(message.headers), attempt) == (message_id, others, 1)
+    assert (message.topic, message.body, message.key, message.timestamp) == (
+        "t", b"body", "k", 1_700_000_000.0,
+    )
