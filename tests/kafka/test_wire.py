@@ -77,6 +77,7 @@ async def test_a_raw_consumer_reads_what_mqkit_published(kafka_url: str) -> None
     assert headers["correlation-id"] == b"c-1"
     assert headers["content-type"] == b"application/json"
     assert headers["x-mqkit-id"] == sent.id.encode()
+    assert record.timestamp() == (ck.TIMESTAMP_CREATE_TIME, int(sent.timestamp * 1000))
 
 
 async def test_mqkit_reads_what_a_raw_producer_published(kafka_url: str) -> None:
