@@ -169,7 +169,15 @@ class Kafka(Broker):
         return topic
 
     async def drop(self, topic: Topic) -> None:
-        for future in self.raw_admin.delete_topics([topic.name, f"{topic.name}.dlq"]).values():
+        """Delete the phase's topic and every topic named after it (its ``.dlq``, the retry
+        topic of each group): a broker left with thousands of partitions from earlier runs
+        fetches measurably slower, which moved the raw client's consume rate the most."""
+        listed = await asyncio.to_thread(self.raw_admin.list_topics, None, 10)
+        names = [name for name in listed.topics
+                 if name == topic.name or name.startswith(f"{topic.name}.")]
+        if not names:
+            return
+        for future in self.raw_admin.delete_topics(names).values():
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(future.result, 10)
 
