@@ -327,7 +327,7 @@ BROKERS: dict[str, Callable[[], Broker]] = {
         # a mean of two; the median of three leaves it out.
         # The raw producer keeps up to 100,000 messages in flight (librdkafka's queue): so
         # do mqkit's columns, 200 batches of 500.
-        in_flight=200, fixed_s=5.5, per_msg_s=0.3e-3),
+        in_flight=200, fixed_s=5.5, per_msg_s=0.1e-3),
     "rabbitmq": lambda: Rabbit(
         "rabbitmq", "RabbitMQ",
         os.environ.get("MQKIT_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
