@@ -21,6 +21,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+import redis.asyncio as aioredis
 from compare_core import (
     BATCH,
     Clock,
@@ -36,7 +37,7 @@ from compare_core import (
 from mqkit import registry
 from mqkit.bench_runners import ack_then_count
 from mqkit.client import Client, default_middleware
-from mqkit.message import Delivery, Message
+from mqkit.message import Delivery, Message, new_id
 from mqkit.middleware import Idempotency
 from mqkit.middleware.base import Middleware
 from mqkit.stores.base import IdempotencyStore
@@ -242,6 +243,21 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
         await task
 
 
+async def _delete_keys(redis_url: str, prefix: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"{prefix}*", count=10_000):
+            batch.append(key)
+            if len(batch) >= 10_000:
+                await client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
+
+
 class FullStack:
     """The ``Client`` with log, dead-letter, retry and idempotency on ``store_name``."""
 
@@ -256,6 +272,9 @@ class FullStack:
         self.label = f"mqkit full stack, idempotency on {store_name}"
         self.client: Client | None = None
         self.stores: list[IdempotencyStore] = []
+        # This contender's own keys, deleted at close: they live a week otherwise, and
+        # millions of them left by earlier runs slow every SCAN on the shared Redis.
+        self.redis_prefix = f"mqkit:bench:{new_id()[:12]}:"
 
     async def open(self) -> None:
         self.client = Client(self.url)
@@ -272,11 +291,13 @@ class FullStack:
                 if close is not None:
                     await close()
             self.stores.clear()
+            if self.store_name == "redis":
+                await _delete_keys(self.redis_url, self.redis_prefix)
 
     async def _store(self) -> IdempotencyStore:
         store: IdempotencyStore
         if self.store_name == "redis":
-            store = await RedisIdempotencyStore.open(self.redis_url)
+            store = await RedisIdempotencyStore.open(self.redis_url, prefix=self.redis_prefix)
         else:
             store = MemoryIdempotencyStore()
         self.stores.append(store)

@@ -28,7 +28,7 @@ async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisIdempotencySt
     await opened.close()
     client = aioredis.Redis.from_url(redis_url)
     try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=10_000)]
         if keys:
             await client.delete(*keys)
     finally:
