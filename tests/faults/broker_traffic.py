@@ -104,8 +104,25 @@ class Traffic:
         return True
 
     async def all_acked_delivered(self, timeout: float) -> None:
-        await wait_until(lambda: self.ledger.acked <= self.delivered, timeout, interval=0.1,
-                         what="every acked message to be delivered")
+        try:
+            await wait_until(lambda: self.ledger.acked <= self.delivered, timeout,
+                             interval=0.1, what="every acked message to be delivered")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {self.missing_report()}") from None
+
+    def missing_report(self) -> str:
+        """What the next engineer needs to tell a consumer that stopped from one that skipped
+        messages: how many acked ids are missing, which, and when deliveries last came."""
+        missing = sorted(self.ledger.acked - self.delivered)
+        now = time.monotonic()
+        last = max((t for t, _ in self.delivery_times), default=None)
+        first_attempt = min((self.attempt_times[m] for m in missing), default=now)
+        return (
+            f"{len(missing)} of {len(self.ledger.acked)} acked ids undelivered (e.g. "
+            f"{missing[:5]}), the oldest attempted {now - first_attempt:.1f}s ago; "
+            f"{len(self.delivered)} delivered, the last "
+            + (f"{now - last:.1f}s ago" if last is not None else "never")
+        )
 
     async def settle_indeterminate(self, client: Client, timeout: float) -> dict[str, int]:
         """Once the consumer caught up, re-send every indeterminate id it has not seen, with
