@@ -122,6 +122,8 @@ class Message:
     def size(self) -> int:
         """Bytes on the wire, roughly: body plus header names and values in UTF-8 (computed
         once). Bytes, not characters: a header of multi-byte text counts what it weighs."""
+        if not self.headers:  # the usual case, checked once per message on every publish
+            return len(self.body)
         if self._size < 0:
             size = len(self.body)
             for k, v in self.headers.items():

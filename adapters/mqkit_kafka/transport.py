@@ -105,8 +105,7 @@ class KafkaTransport:
             raise PublishError("the Kafka transport is not connected")
         limit = self.config.max_message_bytes
         for m in messages:
-            # Without headers the size is the body's: skip the property (once per message).
-            if (m.size if m.headers else len(m.body)) > limit:
+            if m.size > limit:
                 raise MessageTooLarge(
                     f"message {m.id} to {m.topic!r} is {m.size} bytes; kafka:// accepts at "
                     f"most {limit}"
