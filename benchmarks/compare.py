@@ -3,7 +3,11 @@
     scripts/bench [--brokers kafka,rabbitmq] [--sizes 256,4096] [--count N] [--rounds N]
 
 For each broker and message size, every contender (column) runs once per round, in the
-same order every round (a b c d, a b c d, ...), and each figure is the median over rounds:
+same order every round (a b c d, a b c d, ...), and each figure is the median over rounds.
+On Kafka the peers (FastStream) run only the first two of its five rounds: their margin is
+wide and each of their rounds takes as long as all the other columns' together, while the
+raw client's consume phase lasts 30-50 ms, so its median needs more rounds to settle.
+
 
 - publish msgs/s: ``count`` messages, from the first send (connected) until the broker
   confirmed the last;
@@ -20,6 +24,11 @@ same order every round (a b c d, a b c d, ...), and each figure is the median ov
 - latency p50/p99: messages sent at a fixed rate (``LATENCY_SECONDS`` long) with a consumer
   running, from the send time written in each body to the handler;
 - CPU µs per message: this process's CPU time over the publish and consume phases;
+- GC %: the share of the publish and consume phases' wall time this process spent in the
+  garbage collector's passes (``gc.callbacks``). The process imports every client and peer
+  framework, a heap of ~80,000-150,000 objects that each full pass walks; an API that keeps
+  a Python object per message alive until the broker confirms it (mqkit's, FastStream's)
+  pays for that, a raw loop over bytes barely does;
 - peak RSS: the process's VmHWM during the contender's round (reset before it by writing 5
   to /proc/self/clear_refs) and, in brackets, how far above the RSS at its start it went.
 
@@ -53,6 +62,7 @@ from compare_core import (
     Contender,
     Feed,
     budget,
+    is_peer,
     peak_rss_mib,
     percentile,
     reset_peak_rss,
@@ -67,7 +77,11 @@ PNG = ROOT / "docs" / "benchmarks.png"
 PIPELINE = ROOT / "docs" / "benchmarks-pipeline.md"
 def _default_counts() -> str:
     brokers = [factory() for factory in BROKERS.values()]
-    return ", ".join(f"{b.title} {b.count:,} x {b.rounds}" for b in brokers)
+    return ", ".join(
+        f"{b.title} {b.count:,} x {b.rounds}"
+        + (f" (the peers x {b.peer_rounds})" if b.peer_rounds else "")
+        for b in brokers
+    )
 
 
 NOTES = (
@@ -132,6 +146,7 @@ async def _measure(
     samples.consume.append(count / con.wall if got == count else float("nan"))
     samples.consumed.append(got if isinstance(got, int) else 0)
     samples.cpu_us.append((pub.cpu + con.cpu) / count * 1e6)
+    samples.gc_pct.append(100 * (pub.gc + con.gc) / (pub.wall + con.wall))
     topic = await broker.prepare(f"{tag}.{contender.key}-latency")
     n = int(broker.latency_rate * LATENCY_SECONDS)
     ages = await _phase(samples, "latency",
@@ -166,6 +181,7 @@ async def run_broker(
     broker: Broker, sizes: Sequence[int], count: int, rounds: int, redis_url: str,
     console: Console,
 ) -> list[tuple[str, list[Row]]]:
+    peer_rounds = broker.rounds_of_peers(rounds)
     tables: list[tuple[str, list[Row]]] = []
     try:
         await broker.open()
@@ -180,12 +196,16 @@ async def run_broker(
             tag = f"cmp.{uuid.uuid4().hex[:8]}.{size}"
             for round_no in range(1, rounds + 1):
                 for contender, s in zip(contenders, samples, strict=True):
+                    if round_no > peer_rounds and is_peer(contender):
+                        continue
                     started = time.perf_counter()
                     await run_round(broker, contender, s, count, size, f"{tag}.r{round_no}")
                     console.print(
                         f"  {broker.name} {size} B round {round_no}/{rounds} {contender.key}: "
                         f"{time.perf_counter() - started:.1f} s", highlight=False)
             title = f"{broker.title}, {size} B, {count:,} msgs, median of {rounds} round(s)"
+            if peer_rounds < rounds:
+                title += f" ({peer_rounds} for the peers)"
             rows = rows_for(broker.name, size, count, samples)
             print_table(title, rows, console)
             tables.append((title, rows))

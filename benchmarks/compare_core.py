@@ -23,6 +23,7 @@ subscribe call (consume-ok, the pull consumer bound, ...) returned. On NATS core
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import re
 import threading
@@ -53,15 +54,35 @@ class Topic:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class _CollectorTime:
+    """Seconds this process has spent in the garbage collector's passes (any generation,
+    any thread), from ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._began
+
+
+COLLECTOR = _CollectorTime()
+gc.callbacks.append(COLLECTOR)
+
+
 class Clock:
-    """Wall and process-CPU seconds between ``start`` (first call wins) and ``stop``.
+    """Wall, process-CPU and garbage-collector seconds between ``start`` (first call wins)
+    and ``stop``.
 
     A ``held`` clock ignores the contenders' ``start()``: only the harness's
     ``start(force=True)`` (the live feed beginning) starts it."""
 
     def __init__(self, held: bool = False) -> None:
-        self._wall = self._cpu = 0.0
-        self.wall = self.cpu = math.nan
+        self._wall = self._cpu = self._gc = 0.0
+        self.wall = self.cpu = self.gc = math.nan
         self.started = False
         self.held = held
 
@@ -71,11 +92,13 @@ class Clock:
         if not self.started:
             self.started = True
             self._wall, self._cpu = time.perf_counter(), time.process_time()
+            self._gc = COLLECTOR.total
 
     def stop(self) -> None:
         if self.started and math.isnan(self.wall):
             self.wall = time.perf_counter() - self._wall
             self.cpu = time.process_time() - self._cpu
+            self.gc = COLLECTOR.total - self._gc
 
 
 class Contender(Protocol):
@@ -93,6 +116,15 @@ class Contender(Protocol):
     async def consume(self, topic: Topic, count: int, clock: Clock, feed: Feed) -> int: ...
 
     async def latency(self, topic: Topic, count: int, size: int, rate: float) -> list[float]: ...
+
+
+PEERS = ("faststream", "kombu")
+"""Column keys (before any ``-variant``) of the peer frameworks, as opposed to the raw
+clients and mqkit."""
+
+
+def is_peer(contender: Contender) -> bool:
+    return contender.key.split("-", 1)[0] in PEERS
 
 
 class Idle:

@@ -317,7 +317,7 @@ class FullStack:
         return Client(self.url)
 
     def _register(
-        self, client: Client, topic: Topic, on_settled: Callable[[], None],
+        self, client: Client, topic: Topic, on_settled: Callable[..., None],
         on_body: Callable[[bytes], None], stack: Sequence[Middleware],
     ) -> None:
         @client.subscribe(topic.name, group=topic.group, middleware=stack,
@@ -327,7 +327,7 @@ class FullStack:
 
     async def _subscribed(
         self, client: Client, topic: Topic,
-        on_settled: Callable[[], None], on_body: Callable[[bytes], None],
+        on_settled: Callable[..., None], on_body: Callable[[bytes], None],
     ) -> None:
         """Register the handler on ``client``, start it and wait until it is live."""
         stack: Sequence[Middleware] = [
@@ -356,7 +356,7 @@ class FullStack:
         publisher, state = self.client, _Latency(count)
         client = self._consumer()
         try:
-            await self._subscribed(client, topic, lambda: None, state.seen)
+            await self._subscribed(client, topic, lambda *_: None, state.seen)
             await warm(lambda: publisher.publish(topic.name, b"warm"), state.ready)
 
             async def send(n: int) -> None:
@@ -382,7 +382,7 @@ class BatchHandler(FullStack):
         self.key, self.label = BatchHandler.key, BatchHandler.label
 
     def _register(
-        self, client: Client, topic: Topic, on_settled: Callable[[], None],
+        self, client: Client, topic: Topic, on_settled: Callable[..., None],
         on_body: Callable[[bytes], None], stack: Sequence[Middleware],
     ) -> None:
         @client.subscribe(topic.name, group=topic.group, batch_size=BATCH, batch_timeout=0.05,
@@ -390,10 +390,7 @@ class BatchHandler(FullStack):
         async def handle(bodies: list[bytes]) -> None:
             for body in bodies:
                 on_body(body)
-            # Acked after return: count the batch once the consumer settled it.
-            asyncio.get_running_loop().call_soon(_settled_n, on_settled, len(bodies))
+            # Acked after return: count the batch once the consumer settled it, with one
+            # call, as the raw column counts once per consume call.
+            asyncio.get_running_loop().call_soon(on_settled, len(bodies))
 
-
-def _settled_n(on_settled: Callable[[], None], n: int) -> None:
-    for _ in range(n):
-        on_settled()

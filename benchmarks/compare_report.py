@@ -25,6 +25,7 @@ class Samples:
     publish: list[float] = field(default_factory=list)
     consume: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
+    gc_pct: list[float] = field(default_factory=list)
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     peak_mib: list[float] = field(default_factory=list)
@@ -51,6 +52,7 @@ class Row:
     publish: float
     consume: float
     cpu_us: float
+    gc_pct: float
     p50_ms: float
     p99_ms: float
     peak_mib: float
@@ -70,6 +72,7 @@ def rows_for(broker: str, size: int, count: int, samples: Sequence[Samples]) -> 
         pub, con = _median(s.publish), _median(s.consume)
         rows.append(Row(
             broker, size, count, s.key, s.label, s.guarantee, pub, con, _median(s.cpu_us),
+            _median(s.gc_pct),
             _median(s.p50_ms), _median(s.p99_ms), _median(s.peak_mib), _median(s.growth_mib),
             max((count - c for c in s.consumed), default=0), tuple(dict.fromkeys(s.errors)),
             pub / raw_pub, con / raw_con,
@@ -165,13 +168,14 @@ def _ms(value: float) -> str:
 
 
 HEADERS = ("column", "pub k/s", "pub/raw", "cons k/s", "cons/raw", "p50 ms", "p99 ms",
-           "CPU µs/msg", "peak RSS MiB")
+           "CPU µs/msg", "GC %", "peak RSS MiB")
 
 
 def _cells(r: Row) -> list[str]:
     name = r.label + (f" (LOST {r.lost})" if r.lost else "") + (" (ERROR)" if r.errors else "")
     return [name, _k(r.publish), _x(r.publish_vs_raw), _k(r.consume), _x(r.consume_vs_raw),
             _ms(r.p50_ms), _ms(r.p99_ms), _ms(r.cpu_us),
+            "—" if math.isnan(r.gc_pct) else f"{r.gc_pct:.0f}",
             f"{r.peak_mib:.0f} (+{r.growth_mib:.0f})" if not math.isnan(r.peak_mib) else "—"]
 
 
