@@ -48,6 +48,7 @@ from mqkit_kafka.errors import _AUTHZ, convert
 from mqkit_kafka.headers import ATTEMPT, NOT_BEFORE, TOPIC, decode_record
 from mqkit_kafka.offsets import PartitionOffsets
 from mqkit_kafka.publisher import Publisher
+from mqkit_kafka.watchdog import STALL_S, ThreadWatch
 
 log = logging.getLogger("mqkit.kafka.subscriber")
 
@@ -312,6 +313,10 @@ class Subscription:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_done: asyncio.Future[None] | None = None
+        self._watch = ThreadWatch(
+            f"{topic}/{group}", stall_s=max(STALL_S, config.revoke_timeout + 30)
+        )
+        self._watcher: asyncio.Task[None] | None = None
         self._consumer: Consumer | None = None
         self._commands: queue.SimpleQueue[_Seek] = queue.SimpleQueue()
         self._posted = 0  # written by the thread
@@ -512,6 +517,9 @@ class Subscription:
             target=self._run, name=f"mqkit-kafka-{self.topic}-{self.group}", daemon=True
         )
         self._thread.start()
+        self._watcher = self._loop.create_task(
+            self._watch.watch(self._thread), name=f"mqkit-kafka-watch-{self.topic}"
+        )
 
     async def wait_assigned(self, timeout: float = 30.0) -> None:
         """Until this member owns at least one partition (tests, warm-up)."""
@@ -547,6 +555,9 @@ class Subscription:
                 await asyncio.shield(self._thread_done)
             finally:
                 self._thread = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         self._on_close(self)
 
     # --- settlement (loop thread) -----------------------------------------------------
@@ -867,6 +878,7 @@ class Subscription:
                 on_lost=self._on_lost,
             )
             while not self._stop.is_set():
+                self._watch.polled()
                 self._run_commands(consumer)
                 self._store_offsets(consumer)
                 records = _fetch(consumer)

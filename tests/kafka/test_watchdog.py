@@ -1,0 +1,107 @@
+"""The consumer-thread watchdog: a thread that stops polling is reported with where it is."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mqkit.testing import wait_until
+from mqkit.transport import TopicSpec
+from mqkit_kafka import KafkaTransport
+from mqkit_kafka.watchdog import ThreadWatch
+from tests.kafka.helpers import topic_name
+
+
+def _stuck_here(release: threading.Event) -> None:
+    release.wait(10)
+
+
+async def test_a_thread_that_stops_polling_is_reported_once_with_where_it_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a watched thread that polls, then blocks outside its loop, then polls again
+    watch = ThreadWatch("orders/billing", stall_s=0.2)
+    release, finish = threading.Event(), threading.Event()
+
+    def run() -> None:
+        watch.polled()
+        _stuck_here(release)
+        while not finish.is_set():
+            watch.polled()
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=run, daemon=True)
+    caplog.set_level(logging.WARNING, logger="mqkit.kafka.subscriber")
+    thread.start()
+    watcher = asyncio.create_task(watch.watch(thread))
+    try:
+        # When it stays blocked for several times the stall limit
+        await asyncio.sleep(0.8)
+        # Then one warning names the subscription and the function it is stuck in
+        stalls = [r.getMessage() for r in caplog.records if "has not polled" in r.getMessage()]
+        assert len(stalls) == 1, stalls
+        assert "orders/billing" in stalls[0] and "_stuck_here" in stalls[0]
+        # And once it polls again, that is said too
+        release.set()
+        await wait_until(lambda: any("polls again" in r.getMessage() for r in caplog.records),
+                         5, what="the recovery line")
+    finally:
+        release.set()
+        finish.set()
+        thread.join(5)
+    # And the watch ends by itself with the thread
+    await asyncio.wait_for(watcher, 5)
+
+
+async def test_a_polling_thread_is_never_reported(caplog: pytest.LogCaptureFixture) -> None:
+    watch = ThreadWatch("quiet/group", stall_s=0.2)
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            watch.polled()
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=run, daemon=True)
+    caplog.set_level(logging.WARNING, logger="mqkit.kafka.subscriber")
+    thread.start()
+    watcher = asyncio.create_task(watch.watch(thread))
+    await asyncio.sleep(0.6)
+    stop.set()
+    thread.join(5)
+    await asyncio.wait_for(watcher, 5)
+    assert not [r for r in caplog.records if "polled" in r.getMessage()]
+
+
+@pytest.fixture
+async def transport(kafka_url: str) -> AsyncIterator[KafkaTransport]:
+    t = KafkaTransport(kafka_url)
+    await t.connect()
+    try:
+        yield t
+    finally:
+        await t.close()
+
+
+async def test_a_subscriptions_consumer_thread_is_watched_until_it_closes(
+    transport: KafkaTransport,
+) -> None:
+    # Given a live subscription on the real broker
+    topic = topic_name("watched")
+    await transport.ensure_topic(TopicSpec(topic, groups=("g",)))
+    sub = transport.subscription(topic, "g")
+    await sub.wait_assigned(60)
+    # Then its consumer thread keeps telling the watch that it polls
+    first = sub._watch.polled_at
+    await wait_until(lambda: sub._watch.polled_at > first + 0.3, 10, what="later polls")
+    watcher = sub._watcher
+    assert watcher is not None and not watcher.done()
+    # And closing the subscription ends the watch
+    await sub.aclose()
+    await asyncio.sleep(0)
+    assert watcher.done()
