@@ -24,7 +24,10 @@ Features:
 - replay: ``KafkaTransport.seek`` (live members) and ``admin.seek_group`` (stopped group),
   ``admin.consumer_lag``;
 - transactions: ``TransactionalProcessor`` (consume-transform-produce, read_committed);
-- compacted topics: ``tombstone(topic, key)`` and ``table_view`` (latest value per key).
+- compacted topics: ``tombstone(topic, key)`` and ``table_view`` (latest value per key);
+- a watchdog: a consumer thread that has not polled for a minute is logged (WARNING on
+  ``mqkit.kafka.subscriber``, with the frames it is stuck in), since librdkafka's own log
+  lines only come out through those polls.
 
 Limits:
 - no per-message broker delay: delayed retries wait in the consuming process's memory (the
@@ -37,8 +40,8 @@ Limits:
 Throughput: every fetched record is a Python object the garbage collector tracks; in a
 process with a large heap, full collections during a fast consume cost tens of milliseconds
 each. Such a service can call ``gc.freeze()`` once it has started (measured with the
-benchmark's imports loaded: batch handler +24 %, per-message +30 %); mqkit itself never
-changes the collector's settings.
+benchmark's imports loaded: batch handler +24 %, per-message +30 %; the benchmark's "GC %"
+column shows each column's share); mqkit itself never changes the collector's settings.
 """
 
 from mqkit_kafka.admin import Admin, PartitionLag, PartitionPosition, consumer_lag, seek_group
