@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,16 +11,6 @@ from mqkit.message import Message
 from mqkit.transport import TopicSpec
 from mqkit_kafka import KafkaTransport, retry_topic
 from tests.kafka.helpers import topic_name
-
-
-@pytest.fixture
-async def transport(kafka_url: str) -> AsyncIterator[KafkaTransport]:
-    t = KafkaTransport(kafka_url)
-    await t.connect()
-    try:
-        yield t
-    finally:
-        await t.close()
 
 
 async def test_a_nack_in_one_group_is_not_seen_by_another(transport: KafkaTransport) -> None:

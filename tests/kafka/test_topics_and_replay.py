@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,16 +17,6 @@ from mqkit_kafka import (
     tombstone,
 )
 from tests.kafka.helpers import topic_name
-
-
-@pytest.fixture
-async def transport(kafka_url: str) -> AsyncIterator[KafkaTransport]:
-    t = KafkaTransport(kafka_url)
-    await t.connect()
-    try:
-        yield t
-    finally:
-        await t.close()
 
 
 async def topic_config(transport: KafkaTransport, topic: str, name: str) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
 import pytest
 
@@ -21,9 +21,29 @@ def _stuck_here(release: threading.Event) -> None:
     release.wait(10)
 
 
+def _poll_until(watch: ThreadWatch, stop: threading.Event) -> None:
+    while not stop.is_set():
+        watch.polled()
+        time.sleep(0.01)
+
+
+def _watched(
+    watch: ThreadWatch, run: Callable[[], None]
+) -> tuple[threading.Thread, asyncio.Task[None]]:
+    """Start ``run`` on a thread and ``watch`` on it."""
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, asyncio.create_task(watch.watch(thread))
+
+
+def _lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
 async def test_a_thread_that_stops_polling_is_reported_once_with_where_it_is(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="mqkit.kafka.subscriber")
     # Given a watched thread that polls, then blocks outside its loop, then polls again
     watch = ThreadWatch("orders/billing", stall_s=0.2)
     release, finish = threading.Event(), threading.Event()
@@ -31,25 +51,19 @@ async def test_a_thread_that_stops_polling_is_reported_once_with_where_it_is(
     def run() -> None:
         watch.polled()
         _stuck_here(release)
-        while not finish.is_set():
-            watch.polled()
-            time.sleep(0.01)
+        _poll_until(watch, finish)
 
-    thread = threading.Thread(target=run, daemon=True)
-    caplog.set_level(logging.WARNING, logger="mqkit.kafka.subscriber")
-    thread.start()
-    watcher = asyncio.create_task(watch.watch(thread))
+    thread, watcher = _watched(watch, run)
     try:
         # When it stays blocked for several times the stall limit
         await asyncio.sleep(0.8)
         # Then one warning names the subscription and the function it is stuck in
-        stalls = [r.getMessage() for r in caplog.records if "has not polled" in r.getMessage()]
+        stalls = _lines(caplog, "has not polled")
         assert len(stalls) == 1, stalls
         assert "orders/billing" in stalls[0] and "_stuck_here" in stalls[0]
         # And once it polls again, that is said too
         release.set()
-        await wait_until(lambda: any("polls again" in r.getMessage() for r in caplog.records),
-                         5, what="the recovery line")
+        await wait_until(lambda: bool(_lines(caplog, "polls again")), 5, what="the recovery")
     finally:
         release.set()
         finish.set()
@@ -59,33 +73,15 @@ async def test_a_thread_that_stops_polling_is_reported_once_with_where_it_is(
 
 
 async def test_a_polling_thread_is_never_reported(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="mqkit.kafka.subscriber")
     watch = ThreadWatch("quiet/group", stall_s=0.2)
     stop = threading.Event()
-
-    def run() -> None:
-        while not stop.is_set():
-            watch.polled()
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=run, daemon=True)
-    caplog.set_level(logging.WARNING, logger="mqkit.kafka.subscriber")
-    thread.start()
-    watcher = asyncio.create_task(watch.watch(thread))
+    thread, watcher = _watched(watch, lambda: _poll_until(watch, stop))
     await asyncio.sleep(0.6)
     stop.set()
     thread.join(5)
     await asyncio.wait_for(watcher, 5)
-    assert not [r for r in caplog.records if "polled" in r.getMessage()]
-
-
-@pytest.fixture
-async def transport(kafka_url: str) -> AsyncIterator[KafkaTransport]:
-    t = KafkaTransport(kafka_url)
-    await t.connect()
-    try:
-        yield t
-    finally:
-        await t.close()
+    assert not _lines(caplog, "polled") and not _lines(caplog, "polls again")
 
 
 async def test_a_subscriptions_consumer_thread_is_watched_until_it_closes(

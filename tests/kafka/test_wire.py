@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import confluent_kafka as ck
 import pytest
@@ -15,16 +14,6 @@ from mqkit.message import Message
 from mqkit.transport import TopicSpec
 from mqkit_kafka import KafkaDelivery, KafkaTransport, UnknownTopicError, java_partition
 from tests.kafka.helpers import bootstrap, topic_name
-
-
-@pytest.fixture
-async def transport(kafka_url: str) -> AsyncIterator[KafkaTransport]:
-    t = KafkaTransport(kafka_url)
-    await t.connect()
-    try:
-        yield t
-    finally:
-        await t.close()
 
 
 async def test_key_partitions_equal_the_java_clients(transport: KafkaTransport) -> None:
