@@ -37,6 +37,7 @@ class ThreadWatch:
 
     async def watch(self, thread: threading.Thread) -> None:
         interval = min(5.0, self.stall_s / 4)
+        self.polled_at = time.monotonic()  # the clock starts with the watch, not before
         stalled_since: float | None = None
         while thread.is_alive():
             await asyncio.sleep(interval)

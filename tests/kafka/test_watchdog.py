@@ -84,6 +84,26 @@ async def test_a_polling_thread_is_never_reported(caplog: pytest.LogCaptureFixtu
     assert not _lines(caplog, "polled") and not _lines(caplog, "polls again")
 
 
+async def test_the_stall_clock_starts_with_the_watch(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="mqkit.kafka.subscriber")
+    # Given a watch made well before its thread starts (a subscription made, started later)
+    watch = ThreadWatch("late/start", stall_s=0.2)
+    await asyncio.sleep(0.4)
+    stop = threading.Event()
+
+    def run() -> None:
+        time.sleep(0.1)  # connecting: the first poll comes a moment after the start
+        _poll_until(watch, stop)
+
+    # Then the time before the start does not count as a stall
+    thread, watcher = _watched(watch, run)
+    await asyncio.sleep(0.4)
+    stop.set()
+    thread.join(5)
+    await asyncio.wait_for(watcher, 5)
+    assert not _lines(caplog, "has not polled")
+
+
 async def test_a_subscriptions_consumer_thread_is_watched_until_it_closes(
     transport: KafkaTransport,
 ) -> None:
