@@ -7,7 +7,7 @@ same order every round (a b c d, a b c d, ...), and each figure is the median ov
 On Kafka the peers (FastStream) run only the first two of its five rounds: their margin is
 wide and each of their rounds takes as long as all the other columns' together, while the
 raw client's consume phase lasts 30-50 ms, so its median needs more rounds to settle.
-
+The figures:
 
 - publish msgs/s: ``count`` messages, from the first send (connected) until the broker
   confirmed the last;

@@ -118,13 +118,14 @@ class Contender(Protocol):
     async def latency(self, topic: Topic, count: int, size: int, rate: float) -> list[float]: ...
 
 
-PEERS = ("faststream", "kombu")
-"""Column keys (before any ``-variant``) of the peer frameworks, as opposed to the raw
-clients and mqkit."""
+PEERS = {"faststream": "FastStream", "faststream-confluent": "FastStream (confluent-kafka)",
+         "kombu": "Kombu"}
+"""Column key -> name of the peer frameworks' columns, as opposed to the raw clients and
+mqkit."""
 
 
 def is_peer(contender: Contender) -> bool:
-    return contender.key.split("-", 1)[0] in PEERS
+    return contender.key in PEERS
 
 
 class Idle:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compare_core import PEERS
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -112,8 +113,6 @@ RAW_TARGETS: dict[str, list[tuple[str, str, str, float]]] = {
             ("bare", "consume", "consume ≥ 90% of raw boto3", 0.9)],
     "memory": [("bare", "pass", "publish+consume pass ≥ 15% of asyncio.Queue", 0.15)],
 }
-PEERS = {"faststream": "FastStream", "faststream-confluent": "FastStream (confluent-kafka)",
-         "kombu": "Kombu"}
 
 
 def _pass_rate(row: Row) -> float:
