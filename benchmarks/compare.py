@@ -1,6 +1,7 @@
 """mqkit next to each broker's raw client, FastStream and Kombu, in one process.
 
     scripts/bench [--brokers kafka,rabbitmq] [--sizes 256,4096] [--count N] [--rounds N]
+                  [--no-freeze] [--no-write]
 
 For each broker and message size, every contender (column) runs once per round, in the
 same order every round (a b c d, a b c d, ...), and each figure is the median over rounds.
@@ -15,9 +16,11 @@ The figures:
   last ack, the same event for every column: on Kafka, once the group assigned the
   partitions (confluent-kafka's ``on_assign``, mqkit's ``wait_assigned()``, also for the
   Client's subscription, FastStream's rebalance callbacks), so the group join is not timed
-  but each client's prefetch of the backlog is; the group's offsets are committed at the
-  start of the backlog before (a restarted service), so no column waits out librdkafka's
-  fixed ~100 ms offset reset of a new group; on RabbitMQ, JetStream and SQS once the
+  but each client's prefetch of the backlog is; each phase has a group of its own (a
+  Kafka group spans topics: a shared one made a joining consumer rebalance with the
+  previous column's members), and its offsets are committed at the start of the backlog
+  before (a restarted service), so no column waits out librdkafka's fixed ~100 ms offset
+  reset of a new group; on RabbitMQ, JetStream and SQS once the
   subscribe call returned (consume-ok, the pull consumer bound; SQS has none: the first
   receive); on NATS core, which keeps nothing, from the moment a shared feeder starts
   sending ``count`` messages to the subscribed contender;
@@ -25,10 +28,13 @@ The figures:
   running, from the send time written in each body to the handler;
 - CPU µs per message: this process's CPU time over the publish and consume phases;
 - GC %: the share of the publish and consume phases' wall time this process spent in the
-  garbage collector's passes (``gc.callbacks``). The process imports every client and peer
-  framework, a heap of ~80,000-150,000 objects that each full pass walks; an API that keeps
-  a Python object per message alive until the broker confirms it (mqkit's, FastStream's)
-  pays for that, a raw loop over bytes barely does;
+  garbage collector's passes (``gc.callbacks``). Each round starts with a full collection
+  and ``gc.freeze()``, and each phase with a full collection, all untimed: the process
+  imports every client and peer framework (~100,000-150,000 objects, where a service with
+  mqkit and one client holds ~34,000), and without the freeze every full pass walks them
+  all, tens of milliseconds each, landing in a 30-100 ms phase or not; without the
+  collection before a phase, it would pay for what the phase before it left (publish keeps
+  each message alive until confirmed). ``--no-freeze`` measures with the whole heap walked;
 - peak RSS: the process's VmHWM during the contender's round (reset before it by writing 5
   to /proc/self/clear_refs) and, in brackets, how far above the RSS at its start it went.
 
@@ -138,7 +144,12 @@ async def _measure(
     topic = await broker.prepare(f"{tag}.{contender.key}")
     feed = broker.feed(topic, count, size)
     pub, con = Clock(), Clock(held=feed is not None)
+    # A full collection before each phase (untimed): a phase pays for the collector's passes
+    # over what it allocates, not for the debt the phase before it left (mqkit's publish
+    # keeps every message alive until confirmed; its consume would pay for those).
+    gc.collect()
     await _phase(samples, "publish", contender.publish(topic, count, body, pub), budget(count))
+    gc.collect()
     got = await _phase(samples, "consume", contender.consume(
         topic, count, con, _timed_feed(feed, con)), budget(count))
     await broker.drop(topic)
@@ -149,6 +160,7 @@ async def _measure(
     samples.gc_pct.append(100 * (pub.gc + con.gc) / (pub.wall + con.wall))
     topic = await broker.prepare(f"{tag}.{contender.key}-latency")
     n = int(broker.latency_rate * LATENCY_SECONDS)
+    gc.collect()
     ages = await _phase(samples, "latency",
                         contender.latency(topic, n, size, broker.latency_rate), budget(n))
     await broker.drop(topic)
@@ -158,9 +170,14 @@ async def _measure(
 
 
 async def run_round(
-    broker: Broker, contender: Contender, samples: Samples, count: int, size: int, tag: str
+    broker: Broker, contender: Contender, samples: Samples, count: int, size: int, tag: str,
+    freeze: bool = True,
 ) -> None:
     gc.collect()
+    if freeze:
+        # What is alive now (modules of every contender, lazily imported ones too) is left
+        # out of later passes; this round's own objects are not frozen.
+        gc.freeze()
     reset_peak_rss()
     start_rss = rss_mib()
     errors = len(samples.errors)
@@ -179,7 +196,7 @@ async def run_round(
 
 async def run_broker(
     broker: Broker, sizes: Sequence[int], count: int, rounds: int, redis_url: str,
-    console: Console,
+    console: Console, freeze: bool = True,
 ) -> list[tuple[str, list[Row]]]:
     peer_rounds = broker.rounds_of_peers(rounds)
     tables: list[tuple[str, list[Row]]] = []
@@ -199,7 +216,8 @@ async def run_broker(
                     if round_no > peer_rounds and is_peer(contender):
                         continue
                     started = time.perf_counter()
-                    await run_round(broker, contender, s, count, size, f"{tag}.r{round_no}")
+                    await run_round(broker, contender, s, count, size, f"{tag}.r{round_no}",
+                                    freeze)
                     console.print(
                         f"  {broker.name} {size} B round {round_no}/{rounds} {contender.key}: "
                         f"{time.perf_counter() - started:.1f} s", highlight=False)
@@ -330,6 +348,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="messages per phase (default: each broker's own)")
     parser.add_argument("--rounds", type=int, default=0,
                         help="rounds per size (default: each broker's own, 2 or 3)")
+    parser.add_argument("--no-freeze", action="store_true",
+                        help="leave the collector's heap unfrozen (see GC % in the method)")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave docs/benchmarks.md and .png alone")
     args = parser.parse_args(argv)
@@ -364,7 +384,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
         console.rule(f"{broker.title}: {count:,} msgs, sizes {args.sizes}, {rounds} rounds "
                      f"(estimated {estimate / 60:.1f} min)")
         broker_started = time.perf_counter()
-        tables += await run_broker(broker, args.sizes, count, rounds, _redis_url(), console)
+        tables += await run_broker(broker, args.sizes, count, rounds, _redis_url(), console,
+                                   not args.no_freeze)
         took = time.perf_counter() - broker_started
         walls.append(f"{broker.name} {took / 60:.1f} min (estimated {estimate / 60:.1f})")
         console.print(f"{broker.title}: {took / 60:.1f} min", highlight=False)

@@ -111,7 +111,11 @@ class Broker:
 
     async def prepare(self, name: str) -> Topic:
         assert self.admin is not None
-        await self.admin.ensure_topic(TopicSpec(name, groups=("g",), partitions=4))
+        topic = self.topic(name)
+        await self.admin.ensure_topic(TopicSpec(name, groups=(topic.group,), partitions=4))
+        return topic
+
+    def topic(self, name: str) -> Topic:
         return Topic(name)
 
     async def drop(self, topic: Topic) -> None:
@@ -162,6 +166,14 @@ class Kafka(Broker):
         return [KafkaRawRecord(self.bootstrap), FastStreamKafka(self.bootstrap),
                 FastStreamConfluent(self.bootstrap)]
 
+    def topic(self, name: str) -> Topic:
+        """A group of the phase's own: a Kafka group spans topics, so with one group for
+        every phase a consumer joined alongside members of earlier phases still leaving
+        (the previous column's), and the rebalance that followed delayed its first records
+        by ~130 ms in some rounds (a 50,000-message consume then measured 250k msgs/s
+        instead of 850k)."""
+        return Topic(name, group=f"g.{name}")
+
     async def prepare(self, name: str) -> Topic:
         """The topic, with the group's committed offsets at its start: every consume phase
         begins as a restarted service does. A brand-new group would first wait out
@@ -183,9 +195,10 @@ class Kafka(Broker):
         listed = await asyncio.to_thread(self.raw_admin.list_topics, None, 10)
         names = [name for name in listed.topics
                  if name == topic.name or name.startswith(f"{topic.name}.")]
-        if not names:
-            return
-        for future in self.raw_admin.delete_topics(names).values():
+        futures = list(self.raw_admin.delete_consumer_groups([topic.group]).values())
+        if names:
+            futures += self.raw_admin.delete_topics(names).values()
+        for future in futures:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(future.result, 10)
 
