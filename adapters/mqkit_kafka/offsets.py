@@ -11,17 +11,26 @@ Pure and single-threaded (the event loop's thread owns it).
 from __future__ import annotations
 
 from collections import deque
-from itertools import repeat
+from collections.abc import Sequence
 
 
 class PartitionOffsets:
-    """Offsets fetched from one assigned partition that are not finished yet."""
+    """Offsets fetched from one assigned partition that are not finished yet.
 
-    __slots__ = ("_done", "_pending", "active", "closed", "committable", "held")
+    Pending offsets are kept as gap-free ``range`` runs, not one entry per offset: a fetched
+    run is one append and a batch that finishes the oldest offsets is one step, whatever its
+    size (compacted topics and transaction markers leave gaps: those split runs).
+    """
+
+    __slots__ = ("_count", "_done", "_pending", "active", "closed", "committable", "held")
 
     def __init__(self) -> None:
-        self._pending: deque[int] = deque()
+        self._pending: deque[range] = deque()
+        """Fetched offsets not yet committed past, oldest first (each range non-empty)."""
+        self._count = 0
+        """How many offsets ``_pending`` holds."""
         self._done: set[int] = set()
+        """Pending offsets that finished out of order."""
         self.committable: int | None = None
         """Next offset to commit (all earlier fetched offsets finished), or None."""
         self.active = 0
@@ -33,74 +42,102 @@ class PartitionOffsets:
 
     def add(self, offset: int) -> None:
         """A fetched offset; offsets are added in increasing order."""
-        if self._pending and offset <= self._pending[-1]:
-            raise ValueError(f"offset {offset} added after {self._pending[-1]}")
-        self._pending.append(offset)
+        self.add_run(range(offset, offset + 1))
 
-    def add_run(self, offsets: list[int]) -> None:
-        """``add`` for several fetched offsets at once (a run of one ``consume`` call)."""
+    def add_run(self, offsets: Sequence[int]) -> None:
+        """Several fetched offsets at once (a run of one ``consume`` call), in increasing
+        order: a ``range`` (gap-free, as the subscriber passes most runs) or a list."""
         if not offsets:
             return
-        first, last = offsets[0], offsets[-1]
+        first = offsets[0]
         pending = self._pending
-        if pending and first <= pending[-1]:
-            raise ValueError(f"offset {first} added after {pending[-1]}")
-        # Strictly increasing: sorted (a near-free check on sorted input) and, unless the
-        # run is gap-free, without repeats.
-        if offsets != sorted(offsets) or (
-            last - first != len(offsets) - 1 and len(set(offsets)) != len(offsets)
-        ):
-            raise ValueError(f"offsets {first}..{last} are not strictly increasing")
-        pending.extend(offsets)
+        if pending and first < pending[-1].stop:
+            raise ValueError(f"offset {first} added after {pending[-1].stop - 1}")
+        if isinstance(offsets, range):
+            if offsets.step != 1:
+                raise ValueError(f"offsets {offsets} are not consecutive")
+            self._append(offsets)
+        else:
+            self._append_list(offsets)
+        self._count += len(offsets)
+
+    def _append(self, run: range) -> None:
+        pending = self._pending
+        if pending and pending[-1].stop == run.start:  # continues the last run: merge
+            pending[-1] = range(pending[-1].start, run.stop)
+        else:
+            pending.append(run)
+
+    def _append_list(self, offsets: Sequence[int]) -> None:
+        """Offsets as gap-free runs, checked strictly increasing (one step per offset: the
+        subscriber passes lists only for runs with gaps and for retry copies)."""
+        runs: list[range] = []
+        start = previous = offsets[0]
+        for offset in offsets[1:]:
+            if offset <= previous:
+                raise ValueError(
+                    f"offsets {offsets[0]}..{offsets[-1]} are not strictly increasing"
+                )
+            if offset != previous + 1:
+                runs.append(range(start, previous + 1))
+                start = offset
+            previous = offset
+        runs.append(range(start, previous + 1))
+        for run in runs:
+            self._append(run)
+
+    def _pop_oldest(self) -> int:
+        """Remove and return the oldest pending offset."""
+        pending = self._pending
+        front = pending[0]
+        if len(front) == 1:
+            pending.popleft()
+        else:
+            pending[0] = range(front.start + 1, front.stop)
+        self._count -= 1
+        return front.start
 
     def done(self, offset: int) -> bool:
         """Mark ``offset`` finished; True when ``committable`` moved forward."""
         pending = self._pending
-        if not pending or pending[0] != offset:
+        if not pending or pending[0].start != offset:
             self._done.add(offset)
             return False
-        pending.popleft()
-        last = offset
+        last = self._pop_oldest()
         finished = self._done
-        while pending and pending[0] in finished:
-            last = pending.popleft()
+        while finished and pending and pending[0].start in finished:
+            last = self._pop_oldest()
             finished.discard(last)
         self.committable = last + 1
         return True
 
-    def done_many(self, offsets: list[int]) -> bool:
+    def done_many(self, offsets: Sequence[int]) -> bool:
         """``done`` for each of ``offsets`` (in the order they were added); True when
         ``committable`` moved forward. A batch's run usually is the oldest pending offsets
-        themselves: each pops straight off the front."""
+        themselves, gap-free: then it is removed in one step."""
         pending = self._pending
-        finished = self._done
         count = len(offsets)
-        if (
-            not finished and count and len(pending) >= count
-            and pending[0] == offsets[0] and pending[count - 1] == offsets[-1]
-        ):
-            # The usual batch: the oldest pending offsets themselves, nothing finished out of
-            # order. ``offsets`` are distinct pending offsets, so the ends matching the first
-            # ``count`` pending ones means they are exactly those.
-            for _ in repeat(None, count):
-                pending.popleft()
-            self.committable = offsets[-1] + 1
-            return True
-        last = -1
-        for offset in offsets:
-            if pending and pending[0] == offset:
-                last = pending.popleft()
-                while finished and pending and pending[0] in finished:
-                    last = pending.popleft()
-                    finished.discard(last)
-            else:
-                finished.add(offset)
-        if last < 0:
+        if not count:
             return False
-        self.committable = last + 1
-        return True
+        first, last = offsets[0], offsets[-1]
+        if not self._done and pending and last - first == count - 1:
+            front = pending[0]
+            # ``offsets`` are distinct pending offsets: starting at the oldest and spanning
+            # exactly ``count`` values inside the oldest run, they are its first ``count``.
+            if front.start == first and last < front.stop:
+                if last + 1 == front.stop:
+                    pending.popleft()
+                else:
+                    pending[0] = range(last + 1, front.stop)
+                self._count -= count
+                self.committable = last + 1
+                return True
+        moved = False
+        for offset in offsets:
+            moved = self.done(offset) or moved
+        return moved
 
     @property
     def unfinished(self) -> int:
         """Fetched offsets not finished yet (handed out, held or still buffered)."""
-        return len(self._pending) - len(self._done)
+        return self._count - len(self._done)

@@ -65,7 +65,7 @@ Record = Any  # confluent_kafka.Message (not constructible from Python)
 _Seek = tuple[asyncio.Future[None], int | None, float | None, dict[int, int] | None]
 # Records of one partition handed out together: (records, the partition's offsets,
 # (topic, partition), the records' offsets).
-_Chunk = tuple[list[Record], PartitionOffsets, TP, list[int]]
+_Chunk = tuple[list[Record], PartitionOffsets, TP, Sequence[int]]
 # Unbound record methods, for map() over a consume() batch.
 _topic_of: Callable[[Record], Any] = KafkaRecord.topic
 _partition_of: Callable[[Record], Any] = KafkaRecord.partition
@@ -101,7 +101,7 @@ class _Run:
     __slots__ = ("offsets", "part", "pos", "records", "tp")
 
     def __init__(
-        self, records: list[Record], part: PartitionOffsets, tp: TP, offsets: list[int]
+        self, records: list[Record], part: PartitionOffsets, tp: TP, offsets: Sequence[int]
     ) -> None:
         self.records = records
         self.part = part
@@ -687,27 +687,41 @@ class Subscription:
     # --- records and rebalances (posted by the thread, run on the loop) -------------------
     def _on_records(self, records: list[Record]) -> None:
         # consume() returns runs of one partition: each run is looked up and buffered as a
-        # whole, at C speed (map, groupby, zip) rather than one Python step per record.
+        # whole, at C speed (map, groupby) rather than one Python step per record. A run's
+        # offsets are a range when gap-free (the usual case): no list of ints per record.
         parts = self._parts
-        offsets: list[int] = list(map(_offset_of, records))
+        topic = self.topic
+        topics = list(map(_topic_of, records))
+        main_only = topics.count(topic) == len(topics)  # the usual fetch: no retry copies
+        keys: Iterable[Any] = (
+            map(_partition_of, records) if main_only
+            else zip(topics, map(_partition_of, records), strict=True)
+        )
         start = 0
-        runs = groupby(zip(map(_topic_of, records), map(_partition_of, records), strict=True))
-        for tp, run in runs:
+        for key, run in groupby(keys):
             end = start + _count(run)
+            tp: TP = (topic, key) if main_only else key
             part = parts.get(tp)
             if part is None or part.closed:
                 self._taken += end - start
-            elif tp[0] == self.retry_topic:
-                self._on_retry_copies(records[start:end], part, tp, offsets[start:end])
+                start = end
+                continue
+            run_records = records if end - start == len(records) else records[start:end]
+            first, last = run_records[0].offset(), run_records[-1].offset()
+            offsets: Sequence[int] = (
+                range(first, last + 1) if last - first == end - start - 1
+                else list(map(_offset_of, run_records))
+            )
+            if tp[0] == self.retry_topic:
+                self._on_retry_copies(run_records, part, tp, offsets)
             else:
-                run_offsets = offsets[start:end]
-                part.add_run(run_offsets)
-                self._ready.append(_Run(records[start:end], part, tp, run_offsets))
+                part.add_run(offsets)
+                self._ready.append(_Run(run_records, part, tp, offsets))
             start = end
         self._wake()
 
     def _on_retry_copies(
-        self, records: list[Record], part: PartitionOffsets, tp: TP, offsets: list[int]
+        self, records: list[Record], part: PartitionOffsets, tp: TP, offsets: Sequence[int]
     ) -> None:
         """Buffer a run of retry copies; hold those whose not-before time is still ahead."""
         part.add_run(offsets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import pairwise
 
 import pytest
@@ -119,7 +120,8 @@ def test_offsets_settled_in_any_chunks_commit_exactly_the_finished_prefix(
     chunks = [fetched[a:b] for a, b in pairwise([0, *sorted(cuts), len(fetched)])]
     part = PartitionOffsets()
     for chunk in chunks:
-        part.add_run(chunk)
+        # Gap-free runs may come as a range (the subscriber's usual run) or as a list
+        part.add_run(_maybe_range(chunk, data.draw(st.booleans())))
     # When they are settled in slices of any size, in any order (one by one or together)
     pieces: list[list[int]] = []
     for chunk in chunks:
@@ -134,7 +136,7 @@ def test_offsets_settled_in_any_chunks_commit_exactly_the_finished_prefix(
         if len(piece) == 1 and data.draw(st.booleans()):
             part.done(piece[0])
         else:
-            part.done_many(piece)
+            part.done_many(_maybe_range(piece, data.draw(st.booleans())))
         finished.update(piece)
         # Then the commit point is one past the longest finished prefix, never further
         prefix = 0
@@ -145,10 +147,16 @@ def test_offsets_settled_in_any_chunks_commit_exactly_the_finished_prefix(
         assert part.unfinished == len(fetched) - len(finished)
 
 
+def _maybe_range(offsets: list[int], as_range: bool) -> Sequence[int]:
+    gap_free = offsets == list(range(offsets[0], offsets[-1] + 1))
+    return range(offsets[0], offsets[-1] + 1) if as_range and gap_free else offsets
+
+
 @pytest.mark.parametrize(("before", "run"), [
-    ([], [4, 3]), ([], [1, 2, 2, 5]), ([7], [7, 8]), ([7], [5, 9]),
+    ([], [4, 3]), ([], [1, 2, 2, 5]), ([], [1, 1, 3]), ([7], [7, 8]), ([7], [5, 9]),
+    ([7], range(7, 9)), ([], range(1, 9, 2)),
 ])
-def test_offset_runs_must_strictly_increase(before: list[int], run: list[int]) -> None:
+def test_offset_runs_must_strictly_increase(before: list[int], run: Sequence[int]) -> None:
     part = PartitionOffsets()
     part.add_run(before)
     with pytest.raises(ValueError):
