@@ -40,8 +40,9 @@ Limits:
 Throughput: every fetched record is a Python object the garbage collector tracks; in a
 process with a large heap, full collections during a fast consume cost tens of milliseconds
 each. Such a service can call ``gc.freeze()`` once it has started (measured with the
-benchmark's imports loaded: batch handler +24 %, per-message +30 %; the benchmark's "GC %"
-column shows each column's share); mqkit itself never changes the collector's settings.
+benchmark's imports loaded: batch handler +24 %, per-message +30 %; the benchmark freezes
+its import-time heap before each round, ``--no-freeze`` leaves it, and its "GC %" column shows
+each column's share); mqkit itself never changes the collector's settings.
 """
 
 from mqkit_kafka.admin import Admin, PartitionLag, PartitionPosition, consumer_lag, seek_group
