@@ -343,6 +343,17 @@ BROKERS: dict[str, Callable[[], Broker]] = {
     "memory": lambda: Memory(
         "memory", "memory://", "memory://", count=30_000, latency_rate=1000.0, prefetch=100,
         peers=("kombu",), fixed_s=2.3, per_msg_s=0.1e-3),
+    "kafka": lambda: Kafka(
+        "kafka", "Kafka", os.environ.get("MQKIT_KAFKA_URL", "kafka://127.0.0.1:9092"),
+        count=50_000, latency_rate=1000.0, prefetch=2000, peers=("faststream",), rounds=5,
+        # Five rounds: a consume phase of the raw client lasts 30-100 ms and its rate swung
+        # 580k-1,860k msgs/s between runs, so its median needs more rounds than the others'.
+        # FastStream runs two: it is 50-100x behind, and one of its rounds (~25 s) costs as
+        # much as a round of all the other columns.
+        peer_rounds=2,
+        # The raw producer keeps up to 100,000 messages in flight (librdkafka's queue): so
+        # do mqkit's columns, 200 batches of 500.
+        in_flight=200, fixed_s=5.5, per_msg_s=0.035e-3),
     "rabbitmq": lambda: Rabbit(
         "rabbitmq", "RabbitMQ",
         os.environ.get("MQKIT_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
@@ -365,19 +376,5 @@ BROKERS: dict[str, Callable[[], Broker]] = {
             wait_time="1"),
         count=200, latency_rate=10.0, prefetch=50, peers=("kombu",), rounds=3,
         fixed_s=3.0, per_msg_s=9e-3),
-    # Kafka last: its broker keeps busy after the section (most likely deleting the phases'
-    # topics, which it defers by a minute: file.delete.delay.ms), and the broker run next
-    # paid for it (NATS core publish 0.44 of raw right after Kafka, 0.74-0.85 on its own).
-    "kafka": lambda: Kafka(
-        "kafka", "Kafka", os.environ.get("MQKIT_KAFKA_URL", "kafka://127.0.0.1:9092"),
-        count=50_000, latency_rate=1000.0, prefetch=2000, peers=("faststream",), rounds=5,
-        # Five rounds: a consume phase of the raw client lasts 30-100 ms and its rate swung
-        # 580k-1,860k msgs/s between runs, so its median needs more rounds than the others'.
-        # FastStream runs two: it is 50-100x behind, and one of its rounds (~25 s) costs as
-        # much as a round of all the other columns.
-        peer_rounds=2,
-        # The raw producer keeps up to 100,000 messages in flight (librdkafka's queue): so
-        # do mqkit's columns, 200 batches of 500.
-        in_flight=200, fixed_s=5.5, per_msg_s=0.035e-3),
 }
 """Name -> factory; the order is the order of the report."""
