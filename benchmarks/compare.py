@@ -7,7 +7,9 @@ For each broker and message size, every contender (column) runs once per round, 
 same order every round (a b c d, a b c d, ...), and each figure is the median over rounds.
 On Kafka the peers (FastStream) run only the first two of its five rounds: their margin is
 wide and each of their rounds takes as long as all the other columns' together, while the
-raw client's consume phase lasts 30-50 ms, so its median needs more rounds to settle.
+raw client's consume phase lasts 30-50 ms, so its median needs more rounds to settle. After
+Kafka's section the run pauses 70 s: the broker keeps working for about a minute after it
+(deferred topic deletions), and the broker measured next paid for that.
 The figures:
 
 - publish msgs/s: ``count`` messages, from the first send (connected) until the broker
@@ -349,7 +351,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=0,
                         help="rounds per size (default: each broker's own, 2 or 3)")
     parser.add_argument("--no-freeze", action="store_true",
-                        help="leave the collector's heap unfrozen (see GC % in the method)")
+                        help="leave the collector's heap unfrozen (see GC %% in the method)")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave docs/benchmarks.md and .png alone")
     args = parser.parse_args(argv)
@@ -389,6 +391,10 @@ async def main(argv: Sequence[str] | None = None) -> int:
         took = time.perf_counter() - broker_started
         walls.append(f"{broker.name} {took / 60:.1f} min (estimated {estimate / 60:.1f})")
         console.print(f"{broker.title}: {took / 60:.1f} min", highlight=False)
+        if broker.settle_s and broker is not plan[-1][0]:
+            console.print(f"letting {broker.title} settle for {broker.settle_s:.0f} s",
+                          highlight=False)
+            await asyncio.sleep(broker.settle_s)
     wall = time.perf_counter() - started
     console.print(f"wall time {wall / 60:.1f} min (estimated {sum(estimates) / 60:.1f} min): "
                   + ", ".join(walls), highlight=False)
