@@ -119,7 +119,11 @@ LIBRARIES = ("mqkit", "confluent-kafka", "aiokafka", "pika", "aio-pika", "nats-p
 
 
 async def _phase(samples: Samples, what: str, coro: object, seconds: float) -> object:
-    """Await ``coro`` within ``seconds``; a failure is recorded, not raised."""
+    """Await ``coro`` within ``seconds``; a failure is recorded, not raised. It starts from a
+    full collection (untimed): a phase pays for the collector's passes over what it
+    allocates, not for the debt the one before it left (mqkit's publish keeps every message
+    alive until confirmed; its consume would pay for those)."""
+    gc.collect()
     try:
         return await asyncio.wait_for(coro, seconds)  # type: ignore[arg-type]
     except Exception as exc:
@@ -146,12 +150,7 @@ async def _measure(
     topic = await broker.prepare(f"{tag}.{contender.key}")
     feed = broker.feed(topic, count, size)
     pub, con = Clock(), Clock(held=feed is not None)
-    # A full collection before each phase (untimed): a phase pays for the collector's passes
-    # over what it allocates, not for the debt the phase before it left (mqkit's publish
-    # keeps every message alive until confirmed; its consume would pay for those).
-    gc.collect()
     await _phase(samples, "publish", contender.publish(topic, count, body, pub), budget(count))
-    gc.collect()
     got = await _phase(samples, "consume", contender.consume(
         topic, count, con, _timed_feed(feed, con)), budget(count))
     await broker.drop(topic)
@@ -162,7 +161,6 @@ async def _measure(
     samples.gc_pct.append(100 * (pub.gc + con.gc) / (pub.wall + con.wall))
     topic = await broker.prepare(f"{tag}.{contender.key}-latency")
     n = int(broker.latency_rate * LATENCY_SECONDS)
-    gc.collect()
     ages = await _phase(samples, "latency",
                         contender.latency(topic, n, size, broker.latency_rate), budget(n))
     await broker.drop(topic)
@@ -175,8 +173,8 @@ async def run_round(
     broker: Broker, contender: Contender, samples: Samples, count: int, size: int, tag: str,
     freeze: bool = True,
 ) -> None:
-    gc.collect()
     if freeze:
+        gc.collect()
         # What is alive now (modules of every contender, lazily imported ones too) is left
         # out of later passes; this round's own objects are not frozen.
         gc.freeze()

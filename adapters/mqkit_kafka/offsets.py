@@ -22,13 +22,11 @@ class PartitionOffsets:
     size (compacted topics and transaction markers leave gaps: those split runs).
     """
 
-    __slots__ = ("_count", "_done", "_pending", "active", "closed", "committable", "held")
+    __slots__ = ("_done", "_pending", "active", "closed", "committable", "held")
 
     def __init__(self) -> None:
         self._pending: deque[range] = deque()
         """Fetched offsets not yet committed past, oldest first (each range non-empty)."""
-        self._count = 0
-        """How many offsets ``_pending`` holds."""
         self._done: set[int] = set()
         """Pending offsets that finished out of order."""
         self.committable: int | None = None
@@ -59,7 +57,6 @@ class PartitionOffsets:
             self._append(offsets)
         else:
             self._append_list(offsets)
-        self._count += len(offsets)
 
     def _append(self, run: range) -> None:
         pending = self._pending
@@ -94,7 +91,6 @@ class PartitionOffsets:
             pending.popleft()
         else:
             pending[0] = range(front.start + 1, front.stop)
-        self._count -= 1
         return front.start
 
     def done(self, offset: int) -> bool:
@@ -129,7 +125,6 @@ class PartitionOffsets:
                     pending.popleft()
                 else:
                     pending[0] = range(last + 1, front.stop)
-                self._count -= count
                 self.committable = last + 1
                 return True
         moved = False
@@ -140,4 +135,4 @@ class PartitionOffsets:
     @property
     def unfinished(self) -> int:
         """Fetched offsets not finished yet (handed out, held or still buffered)."""
-        return self._count - len(self._done)
+        return sum(map(len, self._pending)) - len(self._done)

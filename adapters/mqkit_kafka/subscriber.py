@@ -697,14 +697,13 @@ class Subscription:
             map(_partition_of, records) if main_only
             else zip(topics, map(_partition_of, records), strict=True)
         )
-        start = 0
+        end = 0
         for key, run in groupby(keys):
-            end = start + _count(run)
+            start, end = end, end + _count(run)
             tp: TP = (topic, key) if main_only else key
             part = parts.get(tp)
             if part is None or part.closed:
                 self._taken += end - start
-                start = end
                 continue
             run_records = records if end - start == len(records) else records[start:end]
             first, last = run_records[0].offset(), run_records[-1].offset()
@@ -717,7 +716,6 @@ class Subscription:
             else:
                 part.add_run(offsets)
                 self._ready.append(_Run(run_records, part, tp, offsets))
-            start = end
         self._wake()
 
     def _on_retry_copies(
